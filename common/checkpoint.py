@@ -1,0 +1,211 @@
+"""Checkpoints that survive being killed: the best model, and a resumable state every epoch.
+
+MONAI's ``CheckpointSaver`` keeps its best-score bookkeeping in memory, so a resumed run would overwrite the best
+model with the first (possibly worse) validation after the restart; and it saves no RNG state. These two handlers
+keep the state needed to continue, and write every file atomically (temporary file, then rename), with CPU tensors so
+a GPU-trained checkpoint loads on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from common.distributed import is_rank0
+from common.io import atomic_path
+
+logger = logging.getLogger(__name__)
+FORMAT = "common.checkpoint/1"
+_EPOCH_FILE = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated or not of the expected form; the message names the file."""
+
+
+def unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``DistributedDataParallel``/``DataParallel`` wrapper (or the network itself)."""
+    return getattr(network, "module", network)
+
+
+def cpu_state_dict(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The network's state dict with every tensor on the CPU, without the DDP ``module.`` prefix."""
+    return {k: v.detach().cpu() for k, v in unwrap(network).state_dict().items()}
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a kill never leaves a partial file."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path: str | Path) -> Any:
+    """``torch.load`` onto the CPU with a clear error for a missing, truncated or corrupt file.
+
+    Raises:
+        CheckpointError: the file does not exist or cannot be unpickled.
+    """
+    path = Path(str(path))
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: train first, or pass --ckpt_path to an existing file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from e
+
+
+def load_network_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load a state dict (plain, or the ``network`` entry of a resumable checkpoint) into ``network``."""
+    state = load_checkpoint(path)
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        state = state["network"]
+    try:
+        unwrap(network).load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit this network: {e}") from e
+    return network
+
+
+def list_resumable(checkpoint_dir: str | Path) -> list[Path]:
+    """Resumable checkpoints in ``checkpoint_dir``, oldest first."""
+    folder = Path(str(checkpoint_dir))
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _EPOCH_FILE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+class ResumableCheckpoint:
+    """Every epoch, save network, optimiser, scheduler, epoch/iteration, best metric and RNG states; resume from them.
+
+    Attach as the last handler of the trainer (after the validation handler, so the best metric is current). Files
+    are ``<checkpoint_dir>/checkpoint_epoch=N.pt``; the newest ``keep_last`` are kept. Only rank 0 writes.
+    """
+
+    def __init__(
+        self,
+        checkpoint_dir: str | Path,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: Any = None,
+        validator: Engine | None = None,
+        resume: bool | str = False,
+        keep_last: int = 2,
+    ) -> None:
+        """
+        Args:
+            checkpoint_dir: folder of the resumable checkpoints (usually ``<output_dir>/models``).
+            network, optimizer, lr_scheduler: what to save and restore.
+            validator: the validation engine whose ``best_metric``/``best_metric_epoch`` are saved and restored.
+            resume: False (start afresh), True (continue from the newest checkpoint in ``checkpoint_dir``, if any),
+                or the path of one checkpoint to continue from.
+            keep_last: how many resumable checkpoints to keep (at least 1).
+
+        Raises:
+            ValueError: ``keep_last`` < 1.
+        """
+        if int(keep_last) < 1:
+            raise ValueError(f"keep_last must be at least 1, got {keep_last}.")
+        self.checkpoint_dir = Path(str(checkpoint_dir))
+        self.network = network
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.validator = validator
+        self.resume = resume
+        self.keep_last = int(keep_last)
+
+    def attach(self, engine: Engine) -> None:
+        if self.resume not in (False, None, "", "false", "False"):
+            engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+
+    def state(self, engine: Engine) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "format": FORMAT,
+            "network": cpu_state_dict(self.network),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": engine.state.epoch,
+            "iteration": engine.state.iteration,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+        if self.lr_scheduler is not None:
+            state["lr_scheduler"] = self.lr_scheduler.state_dict()
+        if self.validator is not None:
+            state["best_metric"] = self.validator.state.best_metric
+            state["best_metric_epoch"] = self.validator.state.best_metric_epoch
+        return state
+
+    def save(self, engine: Engine) -> None:
+        if not is_rank0():
+            return
+        path = self.checkpoint_dir / f"checkpoint_epoch={engine.state.epoch}.pt"
+        save_atomic(self.state(engine), path)
+        for old in list_resumable(self.checkpoint_dir)[: -self.keep_last]:
+            old.unlink(missing_ok=True)
+
+    def load(self, engine: Engine) -> None:
+        if isinstance(self.resume, (str, Path)) and str(self.resume).lower() not in ("true", "1"):
+            path = Path(str(self.resume))
+        else:
+            found = list_resumable(self.checkpoint_dir)
+            if not found:
+                logger.warning("resume: no checkpoint in %s, starting from epoch 0", self.checkpoint_dir)
+                return
+            path = found[-1]
+        state = load_checkpoint(path)
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not a resumable checkpoint (no '{FORMAT}' format tag)")
+        earlier = [p.name for p in list_resumable(self.checkpoint_dir) if p != path]
+        try:
+            unwrap(self.network).load_state_dict(state["network"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.lr_scheduler is not None and "lr_scheduler" in state:
+                self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{path} does not fit this run ({e}); earlier checkpoints: {earlier}") from e
+        if state["epoch"] > engine.state.max_epochs:
+            raise CheckpointError(f"{path} is at epoch {state['epoch']}, beyond --epochs {engine.state.max_epochs}")
+        engine.state.epoch = state["epoch"]
+        engine.state.iteration = state["iteration"]
+        if self.validator is not None and "best_metric" in state:
+            self.validator.state.best_metric = state["best_metric"]
+            self.validator.state.best_metric_epoch = state["best_metric_epoch"]
+        rng = state.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "numpy" in rng:
+            np.random.set_state(rng["numpy"])
+        if "python" in rng:
+            random.setstate(rng["python"])
+        logger.info("resumed from %s at epoch %d of %d", path, engine.state.epoch, engine.state.max_epochs)
+
+
+class BestModelSaver:
+    """Save the network's state dict (CPU tensors) whenever the validator's key metric reaches a new best.
+
+    Attach to the validation engine; MONAI's workflow updates ``best_metric_epoch`` before user handlers run.
+    """
+
+    def __init__(self, save_dir: str | Path, network: torch.nn.Module, filename: str = "model.pt") -> None:
+        self.path = Path(str(save_dir)) / filename
+        self.network = network
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if is_rank0() and engine.state.best_metric_epoch == engine.state.epoch:
+            save_atomic(cpu_state_dict(self.network), self.path)
+            logger.info("saved best model (%s=%.4f, epoch %d) to %s", engine.state.key_metric_name,
+                        float(engine.state.best_metric), engine.state.epoch, self.path)

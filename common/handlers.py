@@ -1,0 +1,78 @@
+"""Ignite handlers that bundle configs attach to MONAI engines."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ignite.engine import Engine, Events
+
+from common.distributed import is_rank0
+from common.evaluation import DatasetMetric, summarise, write_evaluation
+
+logger = logging.getLogger(__name__)
+
+
+class EvaluationWriter:
+    """Collect one row per case while an evaluator runs, then write ``metrics.json`` and ``metrics_per_case.csv``.
+
+    ``case_rows(engine)`` is called at every iteration and returns the rows of that batch (one dict per case, with a
+    ``case`` column and the per-case metric values). At the end of the epoch the rows are summarised with bootstrap
+    CIs (:func:`common.evaluation.summarise`), both files are written atomically, and the scalar summary is put into
+    ``engine.state.metrics`` (CI bounds as ``<name>_ci95_low``/``_high``) so experiment trackers log it. Attach it
+    before any tracking handler (MONAI's ``--tracking`` switch appends its handler last).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        key_metric: str,
+        case_rows: Callable[[Engine], Sequence[Mapping[str, Any]]],
+        case_metrics: Sequence[str] = (),
+        dataset_metrics: Mapping[str, DatasetMetric] | None = None,
+        n_resamples: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        self.output_dir = Path(str(output_dir))
+        self.key_metric = key_metric
+        self.case_rows = case_rows
+        self.case_metrics = list(case_metrics)
+        self.dataset_metrics = dict(dataset_metrics or {})
+        self.n_resamples = int(n_resamples)
+        self.seed = int(seed)
+        self.rows: list[dict[str, Any]] = []
+        self.summary: dict[str, Any] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.rows = []
+
+    def _collect(self, engine: Engine) -> None:
+        self.rows.extend(dict(r) for r in self.case_rows(engine))
+
+    def _write(self, engine: Engine) -> None:
+        self.summary = summarise(self.rows, self.key_metric, self.case_metrics, self.dataset_metrics,
+                                 n_resamples=self.n_resamples, seed=self.seed)
+        if is_rank0():
+            metrics_path, _ = write_evaluation(self.output_dir, self.rows, self.summary)
+            logger.info("evaluation of %d cases: %s = %s (95%% CI %s); written to %s", len(self.rows),
+                        self.key_metric, self.summary[self.key_metric], self.summary[f"{self.key_metric}_ci95"],
+                        metrics_path)
+        engine.state.metrics.update(scalar_metrics(self.summary))
+
+
+def scalar_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric entries of a metrics.json summary, CI bounds split into ``_ci95_low``/``_ci95_high``."""
+    out: dict[str, float] = {}
+    for name, value in summary.items():
+        if name.endswith("_ci95") and isinstance(value, (list, tuple)) and len(value) == 2:
+            out[f"{name}_low"], out[f"{name}_high"] = float(value[0]), float(value[1])
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
