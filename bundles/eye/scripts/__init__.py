@@ -1,0 +1,1 @@
+"""Scripts of the eye bundle: retinal vessel segmentation in colour fundus photographs (DRIVE layout)."""

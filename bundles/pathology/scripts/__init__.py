@@ -1,0 +1,1 @@
+"""Scripts of the pathology bundle: network, transforms, phantom, layout reader, metrics, inference."""
