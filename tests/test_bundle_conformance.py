@@ -51,19 +51,35 @@ def pipeline(request, tmp_path_factory):
             "logs": {"train": train, "evaluate": evaluate, "inference": infer}}
 
 
-def test_contract_files_present(pipeline):
-    configs = BUNDLES / pipeline["area"] / "configs"
+@pytest.mark.parametrize("area", AREAS)
+def test_contract_files_present(area):
+    configs = BUNDLES / area / "configs"
     missing = [f for f in CONTRACT_FILES if not (configs / f).is_file()]
-    assert not missing, f"{pipeline['area']}: missing configs {missing}"
+    assert not missing, f"{area}: missing configs {missing}"
     for name in ("docs/README.md", "LICENSE", "scripts/__init__.py"):
-        assert (BUNDLES / pipeline["area"] / name).is_file(), f"{pipeline['area']}: missing {name}"
+        assert (BUNDLES / area / name).is_file(), f"{area}: missing {name}"
 
 
-def test_metadata_valid_offline(pipeline):
+@pytest.mark.parametrize("area", AREAS)
+def test_every_config_parses(area):
+    from monai.bundle import ConfigParser
+
+    for path in sorted((BUNDLES / area / "configs").glob("*.json")):
+        parser = ConfigParser()
+        parser.read_config(str(path))
+        assert parser.get() is not None, f"{path} is empty"
+    tiny = tiny_settings(area)
+    assert isinstance(tiny.get("harness_inference_input"), str), "tiny.json needs harness_inference_input"
+    assert isinstance(tiny.get("harness_input_shape"), list), "tiny.json needs harness_input_shape"
+    assert all(not k.count("#") and not k.count("::") for k in tiny), "tiny.json must hold top-level ids only"
+
+
+@pytest.mark.parametrize("area", AREAS)
+def test_metadata_valid_offline(area):
     jsonschema = pytest.importorskip("jsonschema")
     if not SCHEMA.is_file():
         pytest.skip(f"official bundle schema not found at {SCHEMA}: metadata NOT validated")
-    meta = json.loads((BUNDLES / pipeline["area"] / "configs" / "metadata.json").read_text())
+    meta = json.loads((BUNDLES / area / "configs" / "metadata.json").read_text())
     jsonschema.validate(meta, json.loads(SCHEMA.read_text()))
     assert meta["version"] in meta["changelog"], "the current version needs a changelog line"
     assert "image" in meta["network_data_format"]["inputs"]
