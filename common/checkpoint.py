@@ -151,7 +151,14 @@ class ResumableCheckpoint:
             return
         path = self.checkpoint_dir / f"checkpoint_epoch={engine.state.epoch}.pt"
         save_atomic(self.state(engine), path)
-        for old in list_resumable(self.checkpoint_dir)[: -self.keep_last]:
+        found = list_resumable(self.checkpoint_dir)
+        # a later epoch than this one is left from an earlier run: it would be pruned instead of ours, and a
+        # later resume would continue from it
+        stale = [p for p in found if int(_EPOCH_FILE.match(p.name).group(1)) > engine.state.epoch]
+        if stale:
+            logger.warning("removing checkpoints of an earlier run: %s", [p.name for p in stale])
+        ours = [p for p in found if p not in stale]
+        for old in stale + ours[: -self.keep_last]:
             old.unlink(missing_ok=True)
 
     def load(self, engine: Engine) -> None:

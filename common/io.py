@@ -22,6 +22,13 @@ class OutputError(OSError):
     """An output could not be written (permission, disk full, ...); the message names the file."""
 
 
+def _default_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0o666 minus the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``, on failure removed.
@@ -38,6 +45,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
         os.close(fd)
+        os.chmod(tmp, _default_file_mode())  # mkstemp creates 0600; give the file open()'s usual permissions
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
     try:

@@ -22,7 +22,7 @@ def bundle_root(name: str, cwd: str | os.PathLike | None = None) -> str:
     Raises:
         FileNotFoundError: no folder with ``configs/metadata.json`` was found for ``name``.
     """
-    here = Path(cwd) if cwd is not None else Path.cwd()
+    here = Path(os.path.abspath(cwd)) if cwd is not None else Path.cwd()  # "." and "configs" have no usable .name
     candidates = [here / "bundles" / name, here, here.parent, REPO_ROOT / "bundles" / name]
     for candidate in candidates:
         if candidate.name == name and (candidate / "configs" / "metadata.json").is_file():

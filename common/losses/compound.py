@@ -30,7 +30,7 @@ class CompoundLoss(nn.Module):
 
         Raises:
             ValueError: no losses, a count mismatch, or a negative weight.
-            TypeError: a term is not callable.
+            TypeError: a term is not a ``torch.nn.Module``.
         """
         super().__init__()
         if len(losses) == 0:
@@ -41,8 +41,8 @@ class CompoundLoss(nn.Module):
         if any(w < 0 for w in weights):
             raise ValueError(f"CompoundLoss weights must be non-negative, got {weights}.")
         for term in losses:
-            if not callable(term):
-                raise TypeError(f"every CompoundLoss term must be callable, got {type(term).__name__}.")
+            if not isinstance(term, nn.Module):
+                raise TypeError(f"every CompoundLoss term must be a torch.nn.Module (a loss), got {type(term).__name__}.")
         self.losses = nn.ModuleList(losses)
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
         self.last_terms: list[float] = []

@@ -81,6 +81,8 @@ class SensitivitySpecificityLoss(_Loss):
             TypeError: ``other_act`` is neither None nor callable.
             ValueError: more than one activation; ``r`` outside [0, 1]; ``eps`` not positive; unknown reduction.
         """
+        if str(getattr(reduction, "value", reduction)) not in [m.value for m in LossReduction]:
+            raise ValueError(f'Unsupported reduction: {reduction}, available options are ["mean", "sum", "none"].')
         super().__init__(reduction=LossReduction(reduction).value)
         validate_activation(sigmoid, softmax, other_act)
         if not 0.0 <= float(r) <= 1.0:
