@@ -1,0 +1,161 @@
+"""Benchmark of the pathology bundle on synthetic data, through the real bundle commands.
+
+Synthesizes a training set and a held-out set (different seeds; the held-out test split comes from a staining site
+never seen in training), trains with the demo settings with and without stain normalisation (the ablation),
+evaluates both on the held-out test split, fits the colour-statistics baseline (logistic regression on the mean and
+standard deviation of the H and E channels of ``skimage.color.rgb2hed``), measures inference throughput and the time
+for one ``--slide_size`` square slide, and writes everything to a JSON file.
+
+Run from the repository root:
+    .venv/bin/python bundles/pathology/scripts/benchmark.py --work_dir /tmp/pathology_bench --output bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+BUNDLE = Path(__file__).resolve().parent.parent
+REPO = BUNDLE.parent.parent
+CONFIGS = BUNDLE / "configs"
+
+
+def bundle_run(configs: list[str], *args: object) -> float:
+    """Run ``python -m monai.bundle run`` with ``configs``; return its wall time in seconds."""
+    files = "[" + ",".join(f"'{CONFIGS / c}.json'" for c in configs) + "]"
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files] + [str(a) for a in args]
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def colour_features(images: np.ndarray) -> np.ndarray:
+    """Mean and standard deviation of the H and E channels of ``rgb2hed`` per patch."""
+    from skimage.color import rgb2hed
+
+    feats = []
+    for image in images:
+        hed = rgb2hed(image)
+        feats.append([hed[..., 0].mean(), hed[..., 0].std(), hed[..., 1].mean(), hed[..., 1].std()])
+    return np.asarray(feats)
+
+
+def baseline_auc(train_dir: Path, test_dir: Path, normalise: bool, seed: int) -> float:
+    """Test AUC of the colour-statistics logistic regression (optionally on Macenko-normalised patches)."""
+    import h5py
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    sys.path.insert(0, str(BUNDLE))
+    from scripts.transforms import MacenkoNormalize
+
+    norm = MacenkoNormalize(enabled=normalise)
+
+    def load(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+        stem = folder / f"camelyonpatch_level_2_split_{split}"
+        with h5py.File(f"{stem}_x.h5") as fx, h5py.File(f"{stem}_y.h5") as fy:
+            return colour_features([norm(x) for x in np.asarray(fx["x"])]), np.asarray(fy["y"]).reshape(-1)
+
+    x_train, y_train = load(train_dir, "train")
+    x_test, y_test = load(test_dir, "test")
+    model = LogisticRegression(max_iter=5000, random_state=seed).fit(x_train, y_train)
+    return float(roc_auc_score(y_test, model.predict_proba(x_test)[:, 1]))
+
+
+def throughput(batch: int = 256) -> dict[str, float]:
+    """Patches per second of the network alone and with Macenko preprocessing (one process, default threads)."""
+    import torch
+
+    sys.path.insert(0, str(BUNDLE))
+    from scripts.networks import PatchClassifier
+    from scripts.phantom import make_split
+    from scripts.tissue import TEST_SITE
+    from scripts.transforms import MacenkoNormalize
+
+    net = PatchClassifier().eval()
+    x = torch.rand(batch, 3, 96, 96)
+    with torch.no_grad():
+        net(x)
+        start = time.perf_counter()
+        net(x)
+        net_rate = batch / (time.perf_counter() - start)
+    images, _ = make_split(np.random.default_rng(0), 64, (TEST_SITE,))
+    norm = MacenkoNormalize()
+    start = time.perf_counter()
+    for image in images:
+        norm(image)
+    norm_rate = len(images) / (time.perf_counter() - start)
+    return {"network_patches_per_s": net_rate, "macenko_patches_per_s": norm_rate,
+            "end_to_end_patches_per_s": 1.0 / (1.0 / net_rate + 1.0 / norm_rate),
+            "torch_threads": torch.get_num_threads()}
+
+
+def big_slide(path: Path, size: int, seed: int, block: int = 2048) -> float:
+    """Write a ``size`` square pyramidal slide made of tiled copies of one rendered ``block`` square slide (rendering
+    8192 x 8192 pixels nucleus by nucleus would dominate the benchmark; the inference cost depends only on the size
+    and the tissue fraction, which tiling keeps). Returns the seconds taken."""
+    sys.path.insert(0, str(BUNDLE))
+    from scripts.phantom import render_slide, write_pyramid
+
+    start = time.perf_counter()
+    image, _ = render_slide(seed, 0, min(block, size))
+    reps = -(-size // image.shape[0])
+    write_pyramid(path, np.tile(image, (reps, reps, 1))[:size, :size])
+    return time.perf_counter() - start
+
+
+def main(args: argparse.Namespace) -> dict:
+    work = Path(args.work_dir)
+    train_dir, test_dir, slide_dir = work / "train_data", work / "heldout_data", work / "slide"
+    results: dict = {"settings": vars(args)}
+    if not (train_dir / "camelyonpatch_level_2_split_train_x.h5").exists():
+        bundle_run(["synthesize"], "--dataset_dir", train_dir, "--num_cases", args.num_train, "--seed", args.seed,
+                   "--num_slides", 0)
+    if not (test_dir / "camelyonpatch_level_2_split_test_x.h5").exists():
+        bundle_run(["synthesize"], "--dataset_dir", test_dir, "--num_cases", 2 * args.num_test, "--seed",
+                   args.seed + 1, "--num_slides", 0)
+    for name, normalise in (("with_stain_normalisation", True), ("without_stain_normalisation", False)):
+        out = work / name
+        train_s = bundle_run(["train"], "--dataset_dir", train_dir, "--output_dir", out,
+                             "--stain_normalisation", normalise)
+        eval_s = bundle_run(["train", "evaluate"], "--dataset_dir", test_dir, "--output_dir", out,
+                            "--stain_normalisation", normalise)
+        metrics = json.loads((out / "metrics.json").read_text())
+        results[name] = {"train_s": train_s, "evaluate_s": eval_s, **metrics}
+    results["baseline_colour_stats_auc"] = baseline_auc(train_dir, test_dir, False, args.seed)
+    results["baseline_colour_stats_auc_on_normalised"] = baseline_auc(train_dir, test_dir, True, args.seed)
+    results["throughput"] = throughput()
+    slide_dir.mkdir(parents=True, exist_ok=True)
+    if not (slide_dir / "synthetic_slide_000.tif").exists():
+        results["slide_synthesis_s"] = big_slide(slide_dir / "synthetic_slide_000.tif", args.slide_size, args.seed)
+    results["slide_inference_s"] = bundle_run(
+        ["inference"], "--input_dir", slide_dir, "--output_dir", work / "slide_pred", "--ckpt_path",
+        work / "with_stain_normalisation" / "models" / "model.pt")
+    results["slide_size"] = args.slide_size
+    results["peak_rss_children_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work_dir", required=True, help="folder for data, runs and predictions")
+    parser.add_argument("--output", default="pathology_benchmark.json", help="JSON file of the results")
+    parser.add_argument("--num_train", type=int, default=2000, help="synthetic training patches")
+    parser.add_argument("--num_test", type=int, default=500, help="held-out test patches (unseen staining site)")
+    parser.add_argument("--slide_size", type=int, default=8192, help="side of the slide timed for inference")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training set; held-out uses seed + 1")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(parse_args()), indent=2))

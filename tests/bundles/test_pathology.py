@@ -1,0 +1,413 @@
+"""Tests of the pathology bundle: stain normalisation, PCam HDF5 layout, WSI heat-maps, bad inputs, workflows.
+
+Whole workflows run in subprocesses (``run_bundle``); one tiny synthetic data set and one trained tiny checkpoint are
+shared by the module-scoped fixtures.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from conftest import REPO, config_list, import_bundle_module, run_monai_bundle
+
+AREA = "pathology"
+TINY = json.loads((REPO / "bundles" / AREA / "configs" / "tiny.json").read_text())
+
+
+def mod(name: str):
+    return import_bundle_module(AREA, name)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("pathology_data")
+    run_monai_bundle(["run", "--config_file", config_list(AREA, "synthesize", "tiny"), "--dataset_dir", data,
+                      "--seed", 0])
+    return data
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pathology_out")
+    run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "tiny"), "--dataset_dir", dataset,
+                      "--output_dir", out, "--epochs", 1])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ stain normalisation
+def _two_stain_image(h_vec, e_vec, light=240.0) -> np.ndarray:
+    """A 64 x 64 image whose every pixel is an exact Beer-Lambert mixture of two stains (a concentration grid)."""
+    ch, ce = np.meshgrid(np.linspace(0.0, 1.5, 64), np.linspace(0.0, 1.0, 64), indexing="ij")
+    h, e = np.asarray(h_vec) / np.linalg.norm(h_vec), np.asarray(e_vec) / np.linalg.norm(e_vec)
+    od = ch[..., None] * h + ce[..., None] * e
+    return np.clip(np.rint(light * np.exp(-od)), 0, 255).astype(np.uint8)
+
+
+def _cos(a, b) -> float:
+    return float(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("site_index", [0, 3])
+def test_stain_extraction_recovers_known_vectors_haematoxylin_first(site_index):
+    transforms, tissue = mod("transforms"), mod("tissue")
+    site = tissue.SITES[site_index]
+    he = transforms.OrderedExtractHEStains()(_two_stain_image(site.h_vector, site.e_vector))
+    assert he.shape == (3, 2)
+    assert _cos(he[:, 0], site.h_vector) > 0.99, he
+    assert _cos(he[:, 1], site.e_vector) > 0.99, he
+
+
+def test_macenko_normalisation_maps_sites_to_the_reference_stain():
+    transforms, tissue = mod("transforms"), mod("tissue")
+    target_h, target_e = (0.5626, 0.7201, 0.4062), (0.2159, 0.8012, 0.5581)  # MONAI's default reference
+    for site in (tissue.SITES[1], tissue.SITES[3]):
+        out = transforms.MacenkoNormalize()(_two_stain_image(site.h_vector, site.e_vector))
+        assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+        he = transforms.OrderedExtractHEStains()(out)
+        assert _cos(he[:, 0], target_h) > 0.98 and _cos(he[:, 1], target_e) > 0.98, he
+
+
+def test_macenko_identity_when_disabled_and_on_glass():
+    transforms = mod("transforms")
+    image = _two_stain_image((0.65, 0.70, 0.29), (0.07, 0.99, 0.11))
+    assert np.array_equal(transforms.MacenkoNormalize(enabled=False)(image), image)
+    glass = np.full((96, 96, 3), 238, np.uint8)
+    assert np.array_equal(transforms.MacenkoNormalize()(glass), glass)  # MONAI raises; the bundle keeps the patch
+    with pytest.raises(ValueError, match="uint8"):
+        transforms.MacenkoNormalize()(image.astype(np.float32))
+
+
+def test_hed_jitter_is_seeded_and_keeps_uint8():
+    transforms = mod("transforms")
+    image = _two_stain_image((0.65, 0.70, 0.29), (0.07, 0.99, 0.11))
+    a = transforms.RandHEDJitterd("image", prob=1.0, sigma=0.1).set_random_state(3)({"image": image})["image"]
+    b = transforms.RandHEDJitterd("image", prob=1.0, sigma=0.1).set_random_state(3)({"image": image})["image"]
+    assert a.dtype == np.uint8 and a.shape == image.shape and np.array_equal(a, b) and not np.array_equal(a, image)
+
+
+# ------------------------------------------------------------------------------------------------ data layout
+def test_pcam_hdf5_round_trip(tmp_path):
+    phantom, data, transforms = mod("phantom"), mod("data"), mod("transforms")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 5), ("valid", 3)):
+        images = rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
+        labels = np.arange(n) % 2
+        phantom.write_pcam(*phantom.split_paths(tmp_path, split), images, labels)
+    assert data.validate(tmp_path, ["train", "valid"]) == {"train": 5, "valid": 3}
+    with h5py.File(tmp_path / "camelyonpatch_level_2_split_valid_y.h5") as f:
+        assert f["y"].shape == (3, 1, 1, 1) and f["y"].dtype == np.uint8
+    items = data.datalist(tmp_path, "valid")
+    assert [i["case"] for i in items] == ["valid_000000", "valid_000001", "valid_000002"]
+    assert [float(i["label"][0]) for i in items] == [0.0, 1.0, 0.0]
+    loaded = transforms.LoadPCamPatchd("image")(items[2])["image"]
+    assert loaded.dtype == np.uint8 and np.array_equal(loaded, images[2])
+
+
+def test_phantom_is_deterministic_and_labels_the_centre():
+    phantom, tissue = mod("phantom"), mod("tissue")
+    a = phantom.make_split(np.random.default_rng(7), 6, tissue.TRAIN_SITES)
+    b = phantom.make_split(np.random.default_rng(7), 6, tissue.TRAIN_SITES)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert a[1].tolist() == [0, 1, 0, 1, 0, 1]  # odd patches are drawn with tumour over the centre
+    assert not np.array_equal(a[0], phantom.make_split(np.random.default_rng(8), 6, tissue.TRAIN_SITES)[0])
+
+
+def test_synthesized_layout_and_slide_pyramid(dataset):
+    from monai.data import WSIReader
+
+    data = mod("data")
+    n = TINY["num_cases"]
+    assert data.validate(dataset, ["train", "valid", "test"]) == {"train": n, "valid": n // 2, "test": n // 2}
+    slide = dataset / "synthetic_slide_000.tif"
+    reader = WSIReader(backend="tifffile")
+    wsi = reader.read(str(slide))
+    assert reader.get_level_count(wsi) == 3
+    assert [tuple(reader.get_size(wsi, lvl)) for lvl in range(3)] == [(1024, 1024), (512, 512), (256, 256)]
+    level1, _ = reader.get_data(wsi, level=1)
+    assert tuple(level1.shape) == (3, 512, 512)
+    wsi.close()
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def test_patch_metrics_hand_computed():
+    metrics = mod("metrics")
+    rows = [{"label": 0, "prob_tumour": 0.1}, {"label": 0, "prob_tumour": 0.6},
+            {"label": 1, "prob_tumour": 0.4}, {"label": 1, "prob_tumour": 0.9}]
+    # positive/negative pairs ranked correctly: (0.4>0.1), (0.9>0.1), (0.9>0.6) = 3 of 4
+    assert metrics.auc(rows) == pytest.approx(0.75)
+    assert metrics.accuracy(rows) == pytest.approx(0.5)  # predictions 0,1,0,1
+    assert metrics.sensitivity(rows) == pytest.approx(0.5)
+    assert metrics.specificity(rows) == pytest.approx(0.5)
+    assert metrics.auc(rows[:2]) is None and metrics.sensitivity(rows[:2]) is None
+
+
+# ------------------------------------------------------------------------------------------------ heat-map geometry
+def test_tissue_threshold_and_cells():
+    transforms, inference = mod("transforms"), mod("inference")
+    assert transforms.tissue_saturation_threshold(np.full((8, 8), 0.02)) == pytest.approx(0.07)
+    image = np.full((256, 256, 3), 240, np.uint8)
+    image[64:192, 64:192] = (200, 120, 190)  # pink tissue square
+    cells = inference.tissue_cells(image, stride=64)
+    expected = np.zeros((4, 4), bool)
+    expected[1:3, 1:3] = True
+    assert np.array_equal(cells, expected)
+
+
+def test_heatmap_cells_are_centred_patches():
+    inference = mod("inference")
+    rng = np.random.default_rng(0)
+    image = np.empty((224, 300, 3), np.uint8)  # magenta "tissue" of random brightness, 5 % glass pixels
+    image[..., 0], image[..., 2] = rng.integers(120, 250, (2, 224, 300))
+    image[..., 1] = image[..., 0] // 3
+    image[rng.random((224, 300)) < 0.05] = 240
+    centres = []
+
+    def predictor(patches):
+        assert patches.shape[1:] == (96, 96, 3)
+        centres.extend(patches[:, 48, 48].tolist())
+        return np.full(len(patches), 0.7, np.float32)
+
+    heat, tissue = inference.slide_heatmap(image, predictor, stride=64)
+    assert heat.shape == tissue.shape == (4, 5)  # ceil(224 / 64), ceil(300 / 64)
+    assert tissue.all() and np.allclose(heat, 0.7)
+    # the patch of cell (i, j) is centred on pixel (64 i + 32, 64 j + 32); beyond the image it is white padding
+    expected = [image[i * 64 + 32, j * 64 + 32].tolist() if i * 64 + 32 < 224 else [255, 255, 255]
+                for i in range(4) for j in range(5)]
+    assert centres == expected
+
+
+def test_all_background_slide_gives_an_empty_heatmap(tmp_path, trained):
+    inference, phantom = mod("inference"), mod("phantom")
+    rng = np.random.default_rng(1)
+    glass = np.clip(rng.normal(236, 2, (512, 512, 3)), 0, 255).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    phantom.write_pyramid(tmp_path / "in" / "glass.tif", glass)
+    rows = _predict(tmp_path / "in", tmp_path / "out", trained)
+    assert rows == [{"case": "glass", "kind": "slide", "prob_tumour": 0.0, "label": 0, "tumour_area_fraction": 0.0,
+                     "tissue_cells": 0, "heatmap_level": 0, "heatmap_cell_px": 96}]
+    heat = tifffile.imread(tmp_path / "out" / "predictions" / "glass_prob.tif")
+    assert heat.shape == (6, 6) and not heat.any()
+
+
+def _predict(input_dir: Path, output_dir: Path, trained: Path, stride: int = 96):
+    inference, networks, transforms = mod("inference"), mod("networks"), mod("transforms")
+    from monai.inferers import SimpleInferer
+    from monai.transforms import Activations, Compose, EnsureType, ScaleIntensityRange, Transpose
+
+    pre = Compose([transforms.MacenkoNormalize(), Transpose([2, 0, 1]), ScaleIntensityRange(0, 255, 0.0, 1.0),
+                   EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False)])
+    net = networks.PatchClassifier(channels=TINY["channels"])
+    return inference.predict(str(input_dir), str(output_dir), net, str(trained / "models" / "model.pt"), pre,
+                             SimpleInferer(), Activations(sigmoid=True), torch.device("cpu"), 32, 0, stride)
+
+
+# ------------------------------------------------------------------------------------------------ bad inputs
+def _write_h5(path: Path, name: str, data) -> None:
+    with h5py.File(path, "w") as f:
+        f.create_dataset(name, data=data)
+
+
+def _good_split(folder: Path, split: str = "train", n: int = 4) -> tuple[Path, Path]:
+    phantom = mod("phantom")
+    paths = phantom.split_paths(folder, split)
+    phantom.write_pcam(*paths, np.zeros((n, 96, 96, 3), np.uint8) + 200, np.arange(n) % 2)
+    return paths
+
+
+def _bad_dataset(case: str, folder: Path) -> Path:
+    (px, py), (vx, vy) = _good_split(folder, "train"), _good_split(folder, "valid")
+    n = 4
+    if case == "x named images":
+        _write_h5(px, "images", np.zeros((n, 96, 96, 3), np.uint8))
+        return px
+    if case == "y named labels":
+        _write_h5(vy, "labels", np.zeros((n, 1, 1, 1), np.uint8))
+        return vy
+    if case == "x wrong patch size":
+        _write_h5(px, "x", np.zeros((n, 64, 64, 3), np.uint8))
+        return px
+    if case == "x not uint8":
+        _write_h5(px, "x", np.zeros((n, 96, 96, 3), np.float32))
+        return px
+    if case == "x/y count mismatch":
+        _write_h5(vy, "y", np.zeros((n + 3, 1, 1, 1), np.uint8))
+        return vx
+    if case == "label value 2":
+        _write_h5(py, "y", np.full((n, 1, 1, 1), 2, np.uint8))
+        return py
+    if case == "corrupt hdf5":
+        px.write_bytes(b"\x89HDF\r\n garbage, not an HDF5 file" * 10)
+        return px
+    if case == "empty file":
+        py.write_bytes(b"")
+        return py
+    if case == "missing y file":
+        vy.unlink()
+        return vy
+    raise AssertionError(case)
+
+
+DATASET_CASES = ["x named images", "y named labels", "x wrong patch size", "x not uint8", "x/y count mismatch",
+                 "label value 2", "corrupt hdf5", "empty file", "missing y file"]
+
+
+@pytest.mark.parametrize("case", DATASET_CASES)
+def test_bad_dataset_is_reported_naming_the_file(case, tmp_path):
+    data = mod("data")
+    from common.validation import DatasetError
+
+    bad = _bad_dataset(case, tmp_path / "data")
+    with pytest.raises(DatasetError) as err:
+        data.prepare(tmp_path / "data", tmp_path / "default", ["train", "valid"])
+    assert str(bad) in str(err.value), str(err.value)
+    assert not (tmp_path / "default").exists()  # nothing generated, nothing written
+
+
+def test_bad_dataset_stops_training_before_any_output(tmp_path):
+    _bad_dataset("x/y count mismatch", tmp_path / "data")  # valid x/y counts differ
+    _write_h5(tmp_path / "data" / "camelyonpatch_level_2_split_train_x.h5", "x", np.zeros((4, 96, 96, 3), np.float32))
+    proc = run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "tiny"), "--dataset_dir",
+                             tmp_path / "data", "--output_dir", tmp_path / "out"], expect_ok=False)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "camelyonpatch_level_2_split_valid_x.h5" in text and "camelyonpatch_level_2_split_train_x.h5" in text
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.pt"))
+
+
+SLIDE_CASES = ["strip tiff (not tiled)", "corrupt tiff", "png renamed tif", "x file with wrong dataset"]
+
+
+@pytest.mark.parametrize("case", SLIDE_CASES)
+def test_bad_inference_input_is_named_and_others_still_predicted(case, tmp_path, trained):
+    from common.validation import BatchFailure
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    _good_split(inp, "test", n=3)
+    if case == "strip tiff (not tiled)":
+        bad = inp / "strips.tif"
+        tifffile.imwrite(bad, np.full((256, 256, 3), 200, np.uint8), photometric="rgb")
+    elif case == "corrupt tiff":
+        bad = inp / "broken.tif"
+        bad.write_bytes(b"II*\x00" + b"\x00\xff" * 50)
+    elif case == "png renamed tif":
+        from PIL import Image
+
+        bad = inp / "photo.tif"
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(bad, format="PNG")
+    else:
+        bad = inp / "odd_x.h5"
+        _write_h5(bad, "images", np.zeros((2, 96, 96, 3), np.uint8))
+    with pytest.raises(BatchFailure) as err:
+        _predict(inp, tmp_path / "out", trained)
+    assert str(bad) in str(err.value) and "1 input(s) failed" in str(err.value)
+    with open(tmp_path / "out" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["case"] for r in rows] == [f"camelyonpatch_level_2_split_test_x_{i:06d}" for i in range(3)]
+    written = [p.name for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert written == ["predictions.csv"], written  # nothing for the bad input, no temporary files
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, dataset):
+    from common.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="train first"):
+        _predict(dataset, tmp_path / "out", tmp_path / "nowhere")
+    assert not (tmp_path / "out").exists()
+    proc = run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "evaluate", "tiny"), "--dataset_dir",
+                             dataset, "--output_dir", tmp_path / "eval"], expect_ok=False)
+    assert proc.returncode != 0 and "train first" in proc.stdout + proc.stderr
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------ workflows
+def test_configs_build_the_same_network():
+    mod("networks")  # puts this bundle's scripts in sys.modules for the parser
+    from monai.bundle import ConfigParser
+
+    nets = []
+    for name in ("train", "inference"):
+        parser = ConfigParser()
+        parser.read_config(str(REPO / "bundles" / AREA / "configs" / f"{name}.json"))
+        nets.append(parser.get_parsed_content("network_def"))
+    assert [(k, v.shape) for k, v in nets[0].state_dict().items()] == \
+        [(k, v.shape) for k, v in nets[1].state_dict().items()]
+
+
+def test_a_few_iterations_lower_the_loss():
+    networks, phantom, tissue = mod("networks"), mod("phantom"), mod("tissue")
+    torch.manual_seed(0)
+    images, labels = phantom.make_split(np.random.default_rng(0), 16, tissue.TRAIN_SITES)
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255
+    y = torch.as_tensor(labels).float()[:, None]
+    net = networks.PatchClassifier(channels=[8, 16], dropout=0.0)
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    losses = []
+    for _ in range(15):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_evaluate_writes_metrics_with_intervals(dataset, trained):
+    run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "evaluate", "tiny"), "--dataset_dir",
+                      dataset, "--output_dir", trained])
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["key_metric"] == "auc" and metrics["num_cases"] == TINY["num_cases"] // 2
+    for name in ("auc", "accuracy", "sensitivity", "specificity"):
+        low, high = metrics[f"{name}_ci95"]
+        assert 0.0 <= low <= metrics[name] <= high <= 1.0
+    with open(trained / "metrics_per_case.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == metrics["num_cases"] and set(rows[0]) == {"case", "label", "prob_tumour", "pred"}
+
+
+def test_inference_heatmap_matches_the_slide(dataset, trained, tmp_path):
+    out = tmp_path / "pred"
+    run_monai_bundle(["run", "--config_file", config_list(AREA, "inference", "tiny"), "--input_dir", dataset,
+                      "--output_dir", out, "--ckpt_path", trained / "models" / "model.pt"])
+    stride = TINY["heatmap_stride"]
+    heat = tifffile.imread(out / "predictions" / "synthetic_slide_000_prob.tif")
+    cells = math.ceil(1024 / stride)
+    assert heat.shape == (cells, cells) and heat.dtype == np.float32 and 0 <= heat.min() and heat.max() <= 1
+    from PIL import Image
+
+    overlay = np.asarray(Image.open(out / "predictions" / "synthetic_slide_000_heatmap.png"))
+    assert overlay.shape == (cells, cells, 3)
+    with open(out / "predictions.csv", newline="") as f:
+        rows = {r["case"]: r for r in csv.DictReader(f)}
+    slide = rows["synthetic_slide_000"]
+    assert slide["kind"] == "slide" and int(slide["heatmap_cell_px"]) == stride
+    assert int(slide["tissue_cells"]) == int((heat > 0).sum()) > 0
+    assert float(slide["prob_tumour"]) == pytest.approx(float(heat.max()), abs=1e-5)
+    # every tumour cell of the ground truth lies on detected tissue
+    mask = np.asarray(Image.open(dataset / "synthetic_slide_000_tumour_mask.png")) > 0
+    tumour_cells = mask.reshape(cells, stride, cells, stride).mean(axis=(1, 3)) > 0.5
+    assert tumour_cells.any() and (heat[tumour_cells] > 0).all()
+    n = TINY["num_cases"]
+    assert sum(r["kind"] == "patch" for r in rows.values()) == n + n // 2 + n // 2
+
+
+def test_two_process_torchrun_checkpoint_loads_single_process(dataset, tmp_path):
+    out = tmp_path / "ddp"
+    run_monai_bundle(["--nproc_per_node=2", "-m", "monai.bundle", "run", "--config_file",
+                      config_list(AREA, "train", "multi_gpu_train", "tiny"), "--dataset_dir", dataset,
+                      "--output_dir", out], prefix=[sys.executable, "-m", "torch.distributed.run"],
+                     env={"OMP_NUM_THREADS": "1"})
+    net = mod("networks").PatchClassifier(channels=TINY["channels"])
+    state = torch.load(out / "models" / "model.pt", map_location="cpu")
+    net.load_state_dict(state)  # strict: no DDP "module." prefix
+    assert any(p.name.startswith("checkpoint_epoch=") for p in (out / "models").iterdir())
