@@ -1,0 +1,385 @@
+"""A Markdown report of the bundles' MLflow runs: learning curves, evaluation metrics with 95 % CIs, overlays.
+
+Everything is read from an MLflow tracking store (``sqlite:///...`` or ``http://host:port``), never from the
+bundles' output folders, so the report shows exactly what was tracked. One section per MLflow experiment (one per
+bundle, named after the bundle): the latest training run (tag ``workflow=train``, written by
+``common.tracking.MLflowRunRecorder``) gives the learning curves, the latest evaluate run (``workflow=evaluate``)
+the metric table (``<name>``, ``<name>_ci95_low``, ``<name>_ci95_high``), and both runs' ``overlays/`` artifacts are
+copied next to the report and linked.
+
+Usage::
+
+    python -m common.report --tracking_uri sqlite:////abs/path/mlruns.db --out DIR   # writes DIR/report.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.io import atomic_path, write_text
+
+logger = logging.getLogger(__name__)
+CI_LOW, CI_HIGH = "_ci95_low", "_ci95_high"
+
+
+@dataclass
+class Curve:
+    """One learning curve: x in epochs, y values, axis label and unit."""
+
+    name: str
+    x: list[float]
+    y: list[float]
+    unit: str
+
+
+@dataclass
+class BundleSection:
+    """What the report shows for one experiment."""
+
+    experiment: str
+    train_run: Any = None
+    evaluate_run: Any = None
+    curves_png: Path | None = None
+    metric_rows: list[tuple[str, float | None, float | None, float | None]] = field(default_factory=list)
+    key_metric: str | None = None
+    num_cases: int | None = None
+    overlays: list[Path] = field(default_factory=list)
+
+
+def metric_unit(name: str) -> str:
+    """The unit of a metric, guessed from its name (the bundles' naming conventions)."""
+    low = name.lower()
+    if "loss" in low:
+        return "loss (unitless)"
+    if re.search(r"(^|_)(hd|hd95|hausdorff|asd|assd|surface_distance)($|_)", low):
+        return "mm"
+    if low.endswith("_ml") or "volume" in low:
+        return "ml"
+    if low.endswith("_pct") or low.startswith("ef") or "_ef" in low:
+        return "%"
+    if low.endswith("_g") or "mass" in low:
+        return "g"
+    return "score (0-1)"
+
+
+def slug(text: str) -> str:
+    """A file-system friendly version of ``text``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "experiment"
+
+
+def _is_train(run: Any) -> bool:
+    tag = run.data.tags.get("workflow")
+    return tag == "train" if tag else "train_loss" in run.data.metrics
+
+
+def _is_evaluate(run: Any) -> bool:
+    tag = run.data.tags.get("workflow")
+    return tag == "evaluate" if tag else any(k.endswith(CI_LOW) for k in run.data.metrics)
+
+
+def _history(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
+    points = sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key))
+    last: dict[int, float] = {}
+    for step, _, value in points:  # a step logged twice (a resumed run) keeps its latest value
+        last[step] = value
+    return sorted(last.items())
+
+
+def learning_curves(client: Any, run: Any) -> list[Curve]:
+    """Training loss per epoch (per iteration too, when logged) and every ``val_`` metric per epoch of ``run``."""
+    run_id, metrics = run.info.run_id, run.data.metrics
+    curves: list[Curve] = []
+    epoch_length = _float(run.data.params.get("epoch_length"))
+    if "train_loss_epoch" in metrics:
+        points = _history(client, run_id, "train_loss_epoch")
+        curves.append(Curve("train loss (epoch mean)", [p[0] for p in points], [p[1] for p in points],
+                            "loss (unitless)"))
+    if "train_loss" in metrics and epoch_length:
+        points = _history(client, run_id, "train_loss")
+        curves.append(Curve("train loss (iteration)", [p[0] / epoch_length for p in points], [p[1] for p in points],
+                            "loss (unitless)"))
+        if "train_loss_epoch" not in metrics:  # MONAI's own run: average the iterations of each epoch
+            by_epoch: dict[int, list[float]] = {}
+            for step, value in points:
+                by_epoch.setdefault(int(math.ceil(step / epoch_length)), []).append(value)
+            epochs = sorted(by_epoch)
+            means = [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs]
+            curves.append(Curve("train loss (epoch mean)", epochs, means,
+                                "loss (unitless)"))
+    val_keys = sorted(k for k in metrics if k.startswith("val_") and not k.startswith("val_best_"))
+    if not val_keys and "workflow" not in run.data.tags:  # MONAI alone logs validation metrics under plain names
+        val_keys = sorted(k for k in metrics if not k.startswith(("train_", "lr_group")))
+    for key in val_keys:
+        points = _history(client, run_id, key)
+        name = key if key.startswith("val_") else f"val_{key}"
+        curves.append(Curve(name, [p[0] for p in points], [p[1] for p in points], metric_unit(name[len("val_"):])))
+    return curves
+
+
+def plot_curves(curves: Sequence[Curve], path: Path, title: str) -> Path | None:
+    """One panel for the training loss (iteration and epoch mean) and one per validation metric; PNG via Agg."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    loss = [c for c in curves if c.name.startswith("train loss")]
+    others = [c for c in curves if not c.name.startswith("train loss")]
+    panels: list[list[Curve]] = ([loss] if loss else []) + [[c] for c in others]
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    rows = int(math.ceil(len(panels) / cols))
+    fig = Figure(figsize=(4.6 * cols, 3.4 * rows + 0.6), dpi=100, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, panel in zip(axes, panels):
+        for curve in panel:
+            iteration = "iteration" in curve.name
+            ax.plot(curve.x, curve.y, marker=None if iteration else "o", markersize=3,
+                    linewidth=0.8 if iteration else 1.8, alpha=0.45 if iteration else 1.0, label=curve.name)
+        first = panel[0]
+        ax.set_title("training loss" if first.name.startswith("train loss") else
+                     f"validation {first.name[len('val_'):]}", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0, max(max(c.x) for c in panel if c.x) + 0.25 if any(c.x for c in panel) else 1)
+        ax.set_ylabel(first.unit)
+        ax.grid(True, alpha=0.3)
+        if len(panel) > 1:
+            ax.legend(fontsize=8)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    wrapped = textwrap.fill(title, width=int(48 * cols))
+    fig.suptitle(wrapped, fontsize=11)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+def _key_metric_artifact(client: Any, run: Any) -> str | None:
+    """``key_metric`` of the run's ``metrics.json`` artifact, for runs without the ``key_metric`` tag."""
+    if run.data.tags.get("key_metric"):
+        return None
+    import json
+
+    try:
+        with tempfile.TemporaryDirectory() as tmpdir:
+            local = client.download_artifacts(run.info.run_id, "metrics.json", tmpdir)
+            key = json.loads(Path(local).read_text()).get("key_metric")
+    except Exception:  # noqa: BLE001 - no such artifact (a run MONAI logged alone): fall back to the tag/first metric
+        return None
+    return key if isinstance(key, str) else None
+
+
+def evaluation_rows(run: Any, key: str | None = None
+                    ) -> tuple[list[tuple[str, float | None, float | None, float | None]], str | None]:
+    """``(name, value, ci_low, ci_high)`` for every metric of an evaluate run, the key metric (the run's
+    ``key_metric`` tag, else ``key``) first."""
+    metrics = run.data.metrics
+    names = sorted(k for k in metrics if not k.endswith((CI_LOW, CI_HIGH)) and k != "num_cases"
+                   and not k.endswith("_num_undefined"))
+    key = run.data.tags.get("key_metric") or key
+    if key in names:
+        names.remove(key)
+        names.insert(0, key)
+    rows = [(n, metrics.get(n), metrics.get(n + CI_LOW), metrics.get(n + CI_HIGH)) for n in names]
+    return rows, key if key in metrics else (names[0] if names else None)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) and out > 0 else None
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    """A metric value for a table; ``n/a`` when undefined."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}".rstrip("0").rstrip(".") or "0"
+
+
+def fmt_ci(low: float | None, high: float | None) -> str:
+    return "n/a" if low is None or high is None else f"[{fmt(low)}, {fmt(high)}]"
+
+
+def _overlay_artifacts(client: Any, run_id: str, folder: str = "overlays") -> list[str]:
+    found, stack = [], [folder]
+    while stack:
+        for item in client.list_artifacts(run_id, stack.pop()):
+            if item.is_dir:
+                stack.append(item.path)
+            elif item.path.lower().endswith(".png"):
+                found.append(item.path)
+    return sorted(found)
+
+
+def copy_overlays(client: Any, run: Any, dest: Path, prefix: str, limit: int = 6) -> list[Path]:
+    """Download up to ``limit`` overlay PNGs of ``run`` into ``dest`` (atomic copies), return their paths."""
+    copied: list[Path] = []
+    artifacts = _overlay_artifacts(client, run.info.run_id)[:limit]
+    if not artifacts:
+        return copied
+    with tempfile.TemporaryDirectory() as tmpdir:
+        for artifact in artifacts:
+            local = client.download_artifacts(run.info.run_id, artifact, tmpdir)
+            target = dest / f"{prefix}_{slug(Path(artifact).name)}"
+            with atomic_path(target) as tmp:
+                shutil.copyfile(local, tmp)
+            copied.append(target)
+    return copied
+
+
+def collect(client: Any, experiment: Any, out: Path) -> BundleSection | None:
+    """Read one experiment's latest train and evaluate runs; write its plot and overlays under ``out``."""
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=500)
+    if not runs:
+        return None
+    section = BundleSection(experiment.name)
+    section.train_run = next((r for r in runs if _is_train(r)), None)
+    section.evaluate_run = next((r for r in runs if _is_evaluate(r)), None)
+    if section.train_run is None and section.evaluate_run is None:
+        return None
+    folder = out / slug(experiment.name)
+    if section.train_run is not None:
+        curves = learning_curves(client, section.train_run)
+        section.curves_png = plot_curves(curves, folder / "learning_curves.png",
+                                         f"{experiment.name}: learning curves ({section.train_run.info.run_name})")
+        section.overlays += copy_overlays(client, section.train_run, folder / "overlays", "train")
+    if section.evaluate_run is not None:
+        section.metric_rows, section.key_metric = evaluation_rows(section.evaluate_run,
+                                                                  _key_metric_artifact(client, section.evaluate_run))
+        cases = section.evaluate_run.data.metrics.get("num_cases")
+        section.num_cases = int(cases) if cases is not None else None
+        section.overlays = copy_overlays(client, section.evaluate_run, folder / "overlays", "evaluate") + \
+            section.overlays
+    return section
+
+
+def _duration(run: Any) -> str:
+    if run is None or not run.info.end_time:
+        return "n/a"
+    seconds = (run.info.end_time - run.info.start_time) / 1000.0
+    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def render(sections: Sequence[BundleSection], tracking_uri: str, out: Path) -> str:
+    """The Markdown text of the report (image links relative to ``out``)."""
+    lines = ["# Bundle collection: experiment report", "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from the MLflow store `{tracking_uri}` "
+             f"({len(sections)} experiment(s)). Look at the same runs interactively with "
+             f"`mlflow ui --backend-store-uri {tracking_uri}`.", "",
+             "All numbers come from synthetic (phantom) data unless the runs were trained on a real dataset; "
+             "95 % CIs are percentile bootstrap intervals over cases.", "",
+             "## Summary", "",
+             "| bundle (experiment) | key metric | value | 95 % CI | cases | training time | evaluate run |",
+             "|---|---|---|---|---|---|---|"]
+    for s in sections:
+        row = next((r for r in s.metric_rows if r[0] == s.key_metric), None)
+        value, ci = (fmt(row[1]), fmt_ci(row[2], row[3])) if row else ("n/a", "n/a")
+        lines.append(f"| [{s.experiment}](#{slug(s.experiment).lower()}) | {s.key_metric or 'n/a'} | {value} | {ci} | "
+                     f"{s.num_cases if s.num_cases is not None else 'n/a'} | {_duration(s.train_run)} | "
+                     f"{s.evaluate_run.info.run_name if s.evaluate_run else 'none'} |")
+    for s in sections:
+        lines += ["", f'<a id="{slug(s.experiment).lower()}"></a>', "", f"## {s.experiment}", ""]
+        if s.train_run is not None:
+            params = s.train_run.data.params
+            shown = ", ".join(f"`{k}={v}`" for k, v in sorted(params.items()) if not k.endswith("_version"))
+            lines += [f"Training run **{s.train_run.info.run_name}** (`{s.train_run.info.run_id}`, "
+                      f"{_duration(s.train_run)}).", "", f"Hyper-parameters: {shown or 'none logged'}.", ""]
+            if s.curves_png is not None:
+                rel = s.curves_png.relative_to(out).as_posix()
+                lines += [f"![{s.experiment} learning curves]({rel})", ""]
+            else:
+                lines += ["No learning curves were logged for this run.", ""]
+        else:
+            lines += ["No training run in this store.", ""]
+        if s.evaluate_run is not None:
+            lines += [f"### Evaluation", "",
+                      f"Run **{s.evaluate_run.info.run_name}** (`{s.evaluate_run.info.run_id}`), "
+                      f"{s.num_cases if s.num_cases is not None else 'an unknown number of'} cases; key metric "
+                      f"`{s.key_metric}` in bold.", "",
+                      "| metric | value | 95 % CI |", "|---|---|---|"]
+            for name, value, low, high in s.metric_rows:
+                label = f"**{name}**" if name == s.key_metric else name
+                undefined = s.evaluate_run.data.metrics.get(f"{name}_num_undefined")
+                note = f" ({int(undefined)} case(s) undefined)" if undefined else ""
+                lines.append(f"| {label} | {fmt(value)}{note} | {fmt_ci(low, high)} |")
+            lines.append("")
+        else:
+            lines += ["No evaluate run in this store.", ""]
+        if s.overlays:
+            lines += ["### Prediction overlays", "", "Image, ground truth and prediction side by side.", ""]
+            for png in s.overlays:
+                rel = png.relative_to(out).as_posix()
+                lines += [f"![{png.stem}]({rel})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def generate_report(tracking_uri: str, out: str | os.PathLike, experiments: Sequence[str] | None = None) -> Path:
+    """Read ``tracking_uri`` and write ``<out>/report.md`` with its plots and overlays; return the report path.
+
+    Args:
+        tracking_uri: an MLflow tracking URI (``sqlite:///...``, ``http://host:port``).
+        out: the folder to write into (created).
+        experiments: only these experiment names (default: every experiment that has runs).
+
+    Raises:
+        ValueError: the store has no experiment with runs (or none of the ``experiments`` named).
+    """
+    from mlflow import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    wanted = set(experiments or [])
+    sections = []
+    for experiment in sorted(client.search_experiments(), key=lambda e: e.name):
+        if wanted and experiment.name not in wanted:
+            continue
+        section = collect(client, experiment, out)
+        if section is not None:
+            sections.append(section)
+    if not sections:
+        which = f"named {sorted(wanted)} " if wanted else ""
+        raise ValueError(f"no experiment {which}with training or evaluate runs in the MLflow store {tracking_uri}")
+    report = out / "report.md"
+    write_text(report, render(sections, tracking_uri, out))
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m common.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tracking_uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI), e.g. sqlite:////abs/mlruns.db")
+    parser.add_argument("--out", required=True, help="folder for report.md, its plots and overlays")
+    parser.add_argument("--experiments", nargs="*", default=None, help="only these experiment (bundle) names")
+    args = parser.parse_args(argv)
+    if not args.tracking_uri:
+        parser.error("--tracking_uri is required (or set MLFLOW_TRACKING_URI)")
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        report = generate_report(args.tracking_uri, args.out, args.experiments)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"report written to {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

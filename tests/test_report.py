@@ -1,0 +1,162 @@
+"""``common.report`` on an MLflow store holding tiny runs, and ``common.overlays.save_overlay_png``."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EPOCH_LENGTH = 4
+
+
+def _png_by_matplotlib(path: Path) -> tuple[int, int]:
+    """Assert ``path`` is a non-empty PNG that matplotlib wrote; return its size in pixels."""
+    from PIL import Image
+
+    assert path.is_file() and path.stat().st_size > 0, path
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert "matplotlib" in image.info.get("Software", "").lower(), image.info
+        pixels = np.asarray(image.convert("L"))
+    assert pixels.std() > 0, f"{path} is a blank image"
+    return image.size
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A SQLite store: a train and an evaluate run ("brain_demo"), and a MONAI-only train run ("eye_demo")."""
+    import mlflow.entities as me
+    from mlflow import MlflowClient
+
+    from common.overlays import save_overlay_png
+
+    root = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{root / 'mlruns.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    now = int(time.time() * 1000)
+
+    brain = client.create_experiment("brain_demo", artifact_location=(root / "artifacts").as_uri())
+    train = client.create_run(brain, run_name="train 2025-01-01 10:00:00", tags={"workflow": "train"})
+    run_id = train.info.run_id
+    metrics = []
+    for epoch in (1, 2, 3):
+        metrics.append(me.Metric("train_loss_epoch", 1.0 / epoch, now, epoch))
+        metrics.append(me.Metric("val_mean_dice", 0.3 * epoch, now, epoch))
+        metrics.append(me.Metric("val_hd95", 10.0 / epoch, now, epoch))
+        metrics += [me.Metric("train_loss", 1.1 / epoch - 0.01 * i, now, (epoch - 1) * EPOCH_LENGTH + i)
+                    for i in range(1, EPOCH_LENGTH + 1)]
+    metrics.append(me.Metric("val_best_mean_dice", 0.9, now, 3))
+    client.log_batch(run_id, metrics=metrics, params=[me.Param("learning_rate", "0.001"),
+                                                      me.Param("epoch_length", str(EPOCH_LENGTH))])
+    rng = np.random.default_rng(0)
+    image = rng.random((24, 24)).astype(np.float32)
+    label = np.zeros((24, 24), np.int64)
+    label[6:14, 6:14] = 1
+    label[14:18, 10:20] = 2
+    overlay = save_overlay_png(image, label, label, root / "src" / "case_a.png", "case a, slice 12",
+                               class_names={1: "core", 2: "oedema"})
+    client.log_artifact(run_id, overlay, artifact_path="overlays")
+    client.set_terminated(run_id, "FINISHED")
+
+    evaluate = client.create_run(brain, run_name="train+evaluate 2025-01-01 10:05:00",
+                                 tags={"workflow": "evaluate", "key_metric": "mean_dice"})
+    values = {"mean_dice": 0.81, "mean_dice_ci95_low": 0.75, "mean_dice_ci95_high": 0.86, "hd95": 4.5,
+              "hd95_ci95_low": 3.0, "hd95_ci95_high": 6.25, "hd95_num_undefined": 1, "num_cases": 8}
+    client.log_batch(evaluate.info.run_id, metrics=[me.Metric(k, v, now, 1) for k, v in values.items()])
+    client.set_terminated(evaluate.info.run_id, "FINISHED")
+
+    eye = client.create_experiment("eye_demo", artifact_location=(root / "artifacts_eye").as_uri())
+    monai_only = client.create_run(eye, run_name="run_20250101_100000")  # no tags: what MONAI alone logs
+    client.log_batch(monai_only.info.run_id,
+                     metrics=[me.Metric("train_loss", 1.0 - 0.1 * s, now, s) for s in range(1, 2 * EPOCH_LENGTH + 1)]
+                     + [me.Metric("dice", 0.5, now, 1), me.Metric("dice", 0.7, now, 2),
+                        me.Metric("lr_group_0", 0.01, now, 1)],
+                     params=[me.Param("epoch_length", str(EPOCH_LENGTH))])
+    client.set_terminated(monai_only.info.run_id, "FINISHED")
+    return uri
+
+
+def test_report_from_store(store, tmp_path, capsys):
+    from common.report import main
+
+    out = tmp_path / "report"
+    assert main(["--tracking_uri", store, "--out", str(out)]) == 0
+    report = out / "report.md"
+    assert str(report) in capsys.readouterr().out
+    text = report.read_text()
+    assert "## brain_demo" in text and "## eye_demo" in text and "## Default" not in text
+    # the evaluate run's table: key metric first and bold, CI from <name>_ci95_low/high, undefined cases noted
+    rows = [line for line in text.splitlines() if line.startswith("| **mean_dice**") or line.startswith("| hd95")]
+    assert rows == ["| **mean_dice** | 0.81 | [0.75, 0.86] |", "| hd95 | 4.5 (1 case(s) undefined) | [3, 6.25] |"]
+    assert "| [brain_demo](#brain_demo) | mean_dice | 0.81 | [0.75, 0.86] | 8 |" in text
+    assert "No evaluate run in this store." in text  # eye_demo has a training run only
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert links, text
+    for link in links:  # every image link resolves next to the report
+        assert (out / link).is_file(), link
+    assert "brain_demo/overlays/train_case_a.png" in links
+    for name in ("brain_demo", "eye_demo"):
+        width, height = _png_by_matplotlib(out / name / "learning_curves.png")
+        assert width >= 400 and height >= 300
+    _png_by_matplotlib(out / "brain_demo" / "overlays" / "train_case_a.png")
+
+
+def test_learning_curves_read_from_store(store):
+    from mlflow import MlflowClient
+
+    from common.report import learning_curves
+
+    client = MlflowClient(tracking_uri=store)
+    brain = client.get_experiment_by_name("brain_demo")
+    train = next(r for r in client.search_runs([brain.experiment_id]) if r.data.tags.get("workflow") == "train")
+    curves = {c.name: c for c in learning_curves(client, train)}
+    assert set(curves) == {"train loss (epoch mean)", "train loss (iteration)", "val_hd95", "val_mean_dice"}
+    assert curves["val_mean_dice"].x == [1, 2, 3] and curves["val_mean_dice"].y == pytest.approx([0.3, 0.6, 0.9])
+    assert curves["val_hd95"].unit == "mm" and curves["val_mean_dice"].unit == "score (0-1)"
+    assert curves["train loss (iteration)"].x[-1] == pytest.approx(3.0)  # iteration 12 / 4 per epoch
+    eye = client.get_experiment_by_name("eye_demo")
+    monai_only = client.search_runs([eye.experiment_id])[0]
+    derived = {c.name: c for c in learning_curves(client, monai_only)}
+    assert set(derived) == {"train loss (epoch mean)", "train loss (iteration)", "val_dice"}
+    loss = derived["train loss (epoch mean)"]
+    assert loss.x == [1, 2] and loss.y == pytest.approx([1.0 - 0.25, 1.0 - 0.65])
+    assert derived["val_dice"].y == pytest.approx([0.5, 0.7])
+
+
+def test_report_on_empty_store_is_a_clear_error(tmp_path):
+    from common.report import generate_report
+
+    with pytest.raises(ValueError, match="no experiment"):
+        generate_report(f"sqlite:///{tmp_path / 'empty.db'}", tmp_path / "out")
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
+@pytest.mark.parametrize("kind", ["grey_label", "rgb_no_label", "heatmap"])
+def test_save_overlay_png(tmp_path, kind):
+    from common.overlays import save_overlay_png
+
+    rng = np.random.default_rng(1)
+    label = (rng.random((40, 50)) > 0.7).astype(np.uint8)
+    if kind == "grey_label":
+        args = (rng.normal(size=(40, 50)), label, label)
+    elif kind == "rgb_no_label":
+        args = ((rng.random((40, 50, 3)) * 255).astype(np.uint8), None, label)
+    else:
+        args = (rng.random((3, 40, 50)), label, rng.random((40, 50)))  # channel-first RGB, probability map
+    path = tmp_path / f"{kind}.png"
+    assert save_overlay_png(*args, path, title=f"{kind} case") == str(path)
+    width, _ = _png_by_matplotlib(path)
+    panels = 2 if kind == "rgb_no_label" else 3
+    assert width == pytest.approx(panels * 320, abs=2)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def test_save_overlay_png_rejects_mismatched_shapes(tmp_path):
+    from common.overlays import save_overlay_png
+
+    with pytest.raises(ValueError, match="does not match the image shape"):
+        save_overlay_png(np.zeros((8, 8)), np.zeros((8, 8)), np.zeros((4, 8)), tmp_path / "x.png")
+    assert list(tmp_path.iterdir()) == []
