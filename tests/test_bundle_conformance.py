@@ -60,14 +60,20 @@ def test_contract_files_present(area):
         assert (BUNDLES / area / name).is_file(), f"{area}: missing {name}"
 
 
+MERGES = (("train",), ("train", "evaluate"), ("train", "multi_gpu_train"), ("inference",), ("synthesize",),
+          ("train", "tiny"), ("train", "evaluate", "tiny"), ("train", "multi_gpu_train", "tiny"), ("inference", "tiny"),
+          ("synthesize", "tiny"))
+
+
 @pytest.mark.parametrize("area", AREAS)
 def test_every_config_parses(area):
+    """Each workflow's config files read and merge as the commands of DESIGN.md merge them (overlays over train)."""
     from monai.bundle import ConfigParser
 
-    for path in sorted((BUNDLES / area / "configs").glob("*.json")):
+    for names in MERGES:
         parser = ConfigParser()
-        parser.read_config(str(path))
-        assert parser.get() is not None, f"{path} is empty"
+        parser.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in names])
+        assert "run" in parser, f"{area}: {'+'.join(names)} has no 'run'"
     tiny = tiny_settings(area)
     assert isinstance(tiny.get("harness_inference_input"), str), "tiny.json needs harness_inference_input"
     assert isinstance(tiny.get("harness_input_shape"), list), "tiny.json needs harness_input_shape"

@@ -1,0 +1,141 @@
+"""Benchmark of the cardiac bundle (issue: accuracy, non-triviality, speed), run from the repository root.
+
+    .venv/bin/python bundles/cardiac/scripts/benchmark.py --work_dir /tmp/cardiac_bench --out bench.json
+
+Synthesizes a training set (seed 0) and a held-out set (seed 1), trains with the demo settings of train.json through
+the real bundle command, evaluates on the held-out patients, runs the classical baseline (thresholding + connected
+components around the image centre) on the same patients, times inference (whole command and per patient in
+process) and the network alone against the Model Zoo peer's input size, and records peak RSS of the children.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+BUNDLE = REPO / "bundles" / "cardiac"
+CONFIGS = BUNDLE / "configs"
+
+
+def bundle_run(configs: list[str], env: dict, **overrides) -> float:
+    """Run ``python -m monai.bundle run`` with the given configs and overrides; return its wall time in s."""
+    files = "[" + ",".join(f"'{CONFIGS / c}.json'" for c in configs) + "]"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", str(value)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def peak_rss_gib() -> float:
+    """Peak resident set size of the largest child so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+
+
+def baseline_metrics(test_dir: Path) -> dict:
+    """mean_dice and ef_mae of the classical baseline on ``test_dir``."""
+    sys.path.insert(0, str(BUNDLE))
+    import nibabel as nib
+    import numpy as np
+
+    from common.evaluation import summarise
+    from scripts import baseline, data, metrics
+
+    rows = []
+    for patient in data.list_patients(test_dir):
+        info = data.parse_info_cfg(patient / "Info.cfg")
+        preds, gts = {}, {}
+        for phase in data.PHASES:
+            image = nib.load(data.frame_path(patient, info[phase]))
+            spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
+            preds[phase] = baseline.segment_volume(np.asarray(image.dataobj, dtype=np.float32), spacing)
+            gts[phase] = np.asarray(nib.load(data.frame_path(patient, info[phase], gt=True)).dataobj).astype(np.uint8)
+        rows.append(metrics.patient_row(patient.name, preds, gts, spacing))
+    summary = summarise(rows, "mean_dice", ["mean_dice"], {"ef_mae": metrics.ef_mae})
+    return {k: summary[k] for k in ("mean_dice", "mean_dice_ci95", "ef_mae", "ef_mae_ci95", "num_cases")}
+
+
+def network_timing(threads: int, test_dir: Path, ckpt: Path) -> dict:
+    """In-process timings: per patient (ED + ES, whole pipeline) and the network alone on 10-slice volumes."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    torch.set_num_threads(threads)
+    from scripts import data, inference
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["device"] = "$torch.device('cpu')"
+    parts = {k: parser.get_parsed_content(k) for k in ("network", "preprocessing", "inferer", "postprocessing")}
+    net = parts["network"]
+    net.load_state_dict(torch.load(ckpt, map_location="cpu"))
+    net.eval()
+    per_patient = []
+    for patient in data.list_patients(test_dir):
+        info = data.parse_info_cfg(patient / "Info.cfg")
+        start = time.perf_counter()
+        for phase in data.PHASES:
+            inference.predict_volume(str(data.frame_path(patient, info[phase])), net, parts["preprocessing"],
+                                     parts["inferer"], parts["postprocessing"], torch.device("cpu"))
+        per_patient.append(time.perf_counter() - start)
+    result = {"s_per_patient_in_process_median": sorted(per_patient)[len(per_patient) // 2]}
+    roi = parser.get_parsed_content("roi_size")
+    for size in (list(roi), [256, 256]):
+        x = torch.rand(10, 1, *size)
+        with torch.no_grad():
+            net(x)
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                net(x)
+                times.append(time.perf_counter() - start)
+        result[f"ms_network_10_slices_{size[0]}x{size[1]}"] = 1000 * sorted(times)[2]
+    result["network_params_M"] = sum(p.numel() for p in net.parameters()) / 1e6
+    return result
+
+
+def main(args: argparse.Namespace) -> dict:
+    work = Path(args.work_dir)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(args.threads)}
+    train_dir, test_root, out = work / "train", work / "heldout", work / "out"
+    res: dict = {"threads": args.threads, "num_train": args.num_train, "num_test": args.num_test}
+    res["synthesize_s"] = bundle_run(["synthesize"], env, dataset_dir=train_dir, num_cases=args.num_train,
+                                     num_test_cases=1, seed=0)
+    bundle_run(["synthesize"], env, dataset_dir=test_root, num_cases=1, num_test_cases=args.num_test, seed=1)
+    extra = {"epochs": args.epochs} if args.epochs else {}
+    res["train_s"] = bundle_run(["train"], env, dataset_dir=train_dir, output_dir=out, **extra)
+    res["peak_rss_train_gib"] = peak_rss_gib()
+    # evaluate reads <dataset_dir>/testing: the held-out patients of the seed-1 set
+    res["evaluate_s"] = bundle_run(["train", "evaluate"], env, dataset_dir=test_root, output_dir=out)
+    res["metrics"] = json.loads((out / "metrics.json").read_text())
+    res["inference_s"] = bundle_run(["inference"], env, input_dir=test_root / "testing", output_dir=work / "pred",
+                                    ckpt_path=out / "models" / "model.pt")
+    res["inference_s_per_patient_whole_command"] = res["inference_s"] / args.num_test
+    res["peak_rss_gib"] = peak_rss_gib()
+    res["baseline"] = baseline_metrics(test_root / "testing")
+    res.update(network_timing(args.threads, test_root / "testing", out / "models" / "model.pt"))
+    res["peer_ms_per_10_slice_volume_256"] = 162.0
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work_dir", default="/tmp/cardiac_bench", help="scratch folder for data, models, outputs")
+    p.add_argument("--out", default="/tmp/cardiac_bench/benchmark.json", help="where to write the results JSON")
+    p.add_argument("--num_train", type=int, default=30, help="training patients (seed 0)")
+    p.add_argument("--num_test", type=int, default=10, help="held-out patients (seed 1)")
+    p.add_argument("--epochs", type=int, default=0, help="override train.json's epochs (0: demo default)")
+    p.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads of every process")
+    print(json.dumps(main(p.parse_args()), indent=2))

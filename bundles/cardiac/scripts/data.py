@@ -1,0 +1,200 @@
+"""The ACDC 2017 layout: ``D/{training,testing}/patientNNN/{Info.cfg, patientNNN_frameXX[_gt].nii.gz}``.
+
+Reads ``Info.cfg`` (ED/ES frame numbers), lists the ED and ES frames of every patient, checks the whole split before
+any compute is spent (every problem reported at once, naming patient and file), and builds the data lists of the
+train / validate / evaluate workflows: one item per (patient, phase), ED before ES, patients in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from common.io import write_json
+from common.validation import Problems, check_dir, check_file, check_finite, check_labels
+
+logger = logging.getLogger(__name__)
+PHASES = ("ED", "ES")
+
+
+def parse_info_cfg(path: str | Path) -> dict[str, Any]:
+    """Parse an ACDC ``Info.cfg`` (``Key: value`` lines) into a dict; ``ED``, ``ES``, ``NbFrame`` become ints.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: a line is not ``Key: value``, ED or ES is missing, or a frame number is not a positive integer.
+    """
+    path = Path(str(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: Info.cfg is missing")
+    info: dict[str, Any] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        if not sep or not key.strip():
+            raise ValueError(f"{path}: line {number} is not 'Key: value': {line!r}")
+        info[key.strip()] = value.strip()
+    for key in ("ED", "ES"):
+        if key not in info:
+            raise ValueError(f"{path}: no '{key}:' frame number")
+    for key in ("ED", "ES", "NbFrame"):
+        if key in info:
+            try:
+                info[key] = int(float(info[key]))
+            except ValueError:
+                raise ValueError(f"{path}: {key} must be an integer frame number, got {info[key]!r}") from None
+            if info[key] < 1:
+                raise ValueError(f"{path}: {key} must be a positive frame number, got {info[key]}")
+    return info
+
+
+def frame_path(patient_dir: str | Path, frame: int, gt: bool = False) -> Path:
+    """``<patient_dir>/<patient>_frameXX[_gt].nii.gz``."""
+    patient_dir = Path(str(patient_dir))
+    return patient_dir / f"{patient_dir.name}_frame{int(frame):02d}{'_gt' if gt else ''}.nii.gz"
+
+
+def list_patients(folder: str | Path) -> list[Path]:
+    """The patient folders (sub-folders) of ``folder``, sorted by name."""
+    folder = Path(str(folder))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
+
+
+def _load(path: Path, problems: Problems, what: str) -> nib.Nifti1Image | None:
+    if not check_file(path, problems, what):
+        return None
+    try:
+        image = nib.load(str(path))
+        image.get_fdata(dtype=np.float32)
+        return image
+    except Exception as e:  # noqa: BLE001 - nibabel raises many types for damaged files
+        problems.add(path, f"{what} cannot be read as NIfTI ({type(e).__name__}: {e})")
+        return None
+
+
+def _raw_zooms(image: nib.Nifti1Image, path: Path) -> tuple[float, ...]:
+    """Voxel spacing as stored in the file (nibabel silently turns a stored 0 into 1 when loading)."""
+    try:
+        with nib.openers.ImageOpener(str(path)) as f:
+            header = type(image.header).from_fileobj(f, check=False)
+        return tuple(float(z) for z in header["pixdim"][1:4])
+    except Exception:  # noqa: BLE001 - not a NIfTI-1/2 header: trust nibabel's reading
+        return tuple(float(z) for z in image.header.get_zooms()[:3])
+
+
+def _check_geometry(image: nib.Nifti1Image, path: Path, problems: Problems) -> bool:
+    zooms = _raw_zooms(image, path)
+    if image.ndim != 3:
+        return problems.check(False, path, f"expected a 3D short-axis stack, got shape {image.shape}")
+    return problems.check(len(zooms) >= 3 and all(np.isfinite(z) and z > 0 for z in zooms[:3]), path,
+                          f"voxel spacing {zooms} (pixdim[1:4]) is zero, negative or missing")
+
+
+def check_patient(patient_dir: Path, problems: Problems, need_labels: bool = True) -> list[dict[str, Any]]:
+    """Check one patient folder; return its ED and ES items (empty when a problem was found)."""
+    name, before = patient_dir.name, len(problems)
+    try:
+        info = parse_info_cfg(patient_dir / "Info.cfg")
+    except (OSError, ValueError) as e:
+        problems.add(patient_dir / "Info.cfg", f"patient {name}: {e}")
+        return []
+    items, shapes = [], {}
+    for phase in PHASES:
+        image_path = frame_path(patient_dir, info[phase])
+        if not image_path.is_file():
+            present = sorted(p.name for p in patient_dir.glob(f"{name}_frame*.nii.gz"))
+            problems.add(image_path, f"patient {name}: {phase} frame {info[phase]} (Info.cfg) has no file; "
+                                     f"frames present: {present}")
+            continue
+        image = _load(image_path, problems, f"{phase} image")
+        if image is None or not _check_geometry(image, image_path, problems):
+            continue
+        check_finite(image.get_fdata(dtype=np.float32), image_path, problems)
+        shapes[phase] = image.shape[:3]
+        item = {"image": str(image_path), "patient": name, "phase": phase}
+        if need_labels:
+            label_path = frame_path(patient_dir, info[phase], gt=True)
+            label = _load(label_path, problems, f"{phase} ground truth")
+            if label is None or not _check_geometry(label, label_path, problems):
+                continue
+            check_labels(np.rint(label.get_fdata(dtype=np.float32)), range(4), label_path, problems)
+            if label.shape[:3] != image.shape[:3]:
+                problems.add(label_path, f"patient {name}: label shape {label.shape} differs from image "
+                                         f"{image_path.name} shape {image.shape}")
+            elif not np.allclose(label.header.get_zooms()[:3], image.header.get_zooms()[:3], rtol=1e-3, atol=1e-4):
+                problems.add(label_path, f"patient {name}: label spacing {label.header.get_zooms()[:3]} differs "
+                                         f"from image {image_path.name} spacing {image.header.get_zooms()[:3]}")
+            item["label"] = str(label_path)
+        items.append(item)
+    if len(shapes) == 2 and shapes["ED"] != shapes["ES"]:
+        problems.add(patient_dir, f"patient {name}: ED shape {shapes['ED']} differs from ES shape {shapes['ES']}")
+    return items if len(problems) == before else []
+
+
+def check_split(dataset_dir: str | Path, split: str, need_labels: bool = True) -> list[dict[str, Any]]:
+    """Check every patient of ``<dataset_dir>/<split>``; return the items (ED, ES per patient, in order).
+
+    Raises:
+        DatasetError: listing every problem (patient and file) when any was found, or when the split is empty.
+    """
+    folder = Path(str(dataset_dir)) / split if split else Path(str(dataset_dir))
+    problems = Problems(f"cardiac (ACDC) data {folder}")
+    items: list[dict[str, Any]] = []
+    if check_dir(folder, problems, f"the '{split or 'input'}' folder", override="--dataset_dir / --input_dir"):
+        patients = list_patients(folder)
+        problems.check(bool(patients), folder, "no patient folders (expected patientNNN/ with Info.cfg and frames)")
+        for patient_dir in patients:
+            items.extend(check_patient(patient_dir, problems, need_labels))
+    problems.raise_if_any()
+    return items
+
+
+def split_patients(items: list[dict[str, Any]], val_fraction: float, seed: int) -> dict[str, list[str]]:
+    """Seeded patient-level split into ``train`` and ``val`` (at least one patient in each when possible)."""
+    patients = sorted({i["patient"] for i in items})
+    order = np.random.default_rng(int(seed)).permutation(len(patients))
+    n_val = min(max(1, round(len(patients) * float(val_fraction))), max(len(patients) - 1, 1))
+    val = sorted(patients[i] for i in order[:n_val])
+    train = sorted(p for p in patients if p not in val) or val
+    return {"train": train, "val": val}
+
+
+def prepare(dataset_dir: str, synthetic_dir: str, output_dir: str, num_cases: int, image_size: int, seed: int,
+            val_fraction: float) -> dict[str, list[str]]:
+    """First step of training: synthesize the default dataset if needed, check it, write ``splits.json``.
+
+    Raises:
+        DatasetError: the training split has problems (all listed).
+    """
+    dataset_dir = str(dataset_dir)
+    if Path(dataset_dir).resolve() == Path(str(synthetic_dir)).resolve() and not (Path(dataset_dir) / "training").is_dir():
+        from scripts.phantom import write_dataset
+
+        logger.info("no --dataset_dir given: writing the synthetic dataset to %s", dataset_dir)
+        write_dataset(dataset_dir, num_cases=num_cases, seed=seed, image_size=image_size)
+    splits = split_patients(check_split(dataset_dir, "training"), val_fraction, seed)
+    write_json(Path(str(output_dir)) / "splits.json", splits)
+    return splits
+
+
+def datalist(dataset_dir: str, split: str, part: str = "all", val_fraction: float = 0.2,
+             seed: int = 0) -> list[dict[str, Any]]:
+    """Items of ``<dataset_dir>/<split>`` (``part``: ``all``, or ``train``/``val`` of the seeded patient split)."""
+    items = check_split(str(dataset_dir), split)
+    if part == "all":
+        return items
+    keep = set(split_patients(items, val_fraction, seed)[part])
+    return [i for i in items if i["patient"] in keep]
+
+
+def require_checkpoint(path: str) -> str:
+    """Raise a clear error when the checkpoint to evaluate or infer with does not exist."""
+    if not Path(str(path)).is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist: train first (same --output_dir), or pass "
+                                f"--ckpt_path to an existing model.pt")
+    return str(path)
