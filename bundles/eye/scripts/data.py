@@ -1,0 +1,178 @@
+"""The DRIVE layout reader, the seeded training/validation split and the data checks run before any compute.
+
+Layout: ``D/{training,test}/images/NN_<split>.tif``, ``D/<split>/1st_manual/NN_manual1.gif`` (vessels = 255),
+``D/<split>/mask/NN_<split>_mask.gif`` (FOV = 255). A missing FOV mask is not an error: the FOV is then estimated
+from the image (:func:`scripts.transforms.estimate_fov`) and a warning names the file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from common.distributed import barrier, is_rank0
+from common.io import write_json
+from common.validation import DatasetError, Problems, check_file
+
+from .transforms import binary_values_ok
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+MASK_SUFFIXES = (".gif", ".png", ".tif", ".tiff")
+
+
+def _first_existing(candidates: Sequence[Path]) -> Path | None:
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def list_split(dataset_dir: str | Path, split: str) -> list[dict[str, str]]:
+    """Cases of one DRIVE split: ``{"case", "image", "label", "fov"}`` (``fov`` is ``""`` when no mask exists;
+    ``label`` names the expected manual file even when it is missing, so the checks can report it)."""
+    root = Path(str(dataset_dir)) / split
+    images = sorted(p for p in (root / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    cases = []
+    for image in images:
+        number = image.stem.split("_")[0]
+        label = _first_existing([root / "1st_manual" / f"{number}_manual1{s}" for s in MASK_SUFFIXES])
+        fov = _first_existing([root / "mask" / f"{image.stem}_mask{s}" for s in MASK_SUFFIXES])
+        cases.append({"case": image.stem, "image": str(image),
+                      "label": str(label or root / "1st_manual" / f"{number}_manual1.gif"), "fov": str(fov or "")})
+    return cases
+
+
+def _read(path: str, problems: Problems, what: str, mode: str) -> np.ndarray | None:
+    if not check_file(path, problems, what):
+        return None
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.asarray(image.convert(mode))
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for a damaged file
+        problems.add(path, f"{what} is corrupt or not an image ({type(e).__name__}: {e})")
+        return None
+
+
+def _check_case(case: dict[str, str], problems: Problems, min_size: Sequence[int], need_label: bool) -> None:
+    rgb = _read(case["image"], problems, "image", "RGB")
+    if rgb is not None:
+        with Image.open(case["image"]) as image:
+            if image.mode not in ("RGB", "RGBA", "P"):
+                logger.warning("%s: grayscale image (mode %s), replicated to RGB", case["image"], image.mode)
+        if rgb.shape[0] < min_size[0] or rgb.shape[1] < min_size[1]:
+            problems.add(case["image"], f"image is {rgb.shape[1]}x{rgb.shape[0]} (WxH), smaller than the training "
+                                        f"patch {min_size[1]}x{min_size[0]}")
+    masks = [("label", "vessel mask (1st_manual)")] if need_label else []
+    if case["fov"]:
+        masks.append(("fov", "FOV mask"))
+    else:
+        logger.warning("%s: no FOV mask in mask/, the FOV is estimated from the image", case["image"])
+    for key, what in masks:
+        mask = _read(case[key], problems, what, "L")
+        if mask is None:
+            continue
+        if rgb is not None and mask.shape != rgb.shape[:2]:
+            problems.add(case[key], f"{what} is {mask.shape[1]}x{mask.shape[0]} (WxH) but the image "
+                                    f"{Path(case['image']).name} is {rgb.shape[1]}x{rgb.shape[0]}")
+        if not binary_values_ok(mask):
+            values = np.unique(mask)
+            problems.add(case[key], f"{what} is not binary: {values.size} distinct values "
+                                    f"(e.g. {values[:6].tolist()}); expected 0 and 255")
+        elif key == "fov" and not mask.any():
+            problems.add(case[key], "FOV mask is empty (all 0)")
+
+
+def check_dataset(dataset_dir: str, splits: Sequence[str] = ("training",), min_cases: int = 1,
+                  min_size: Sequence[int] = (1, 1), need_label: bool = True) -> str:
+    """Check a DRIVE dataset before training or evaluation and report every problem at once.
+
+    Args:
+        dataset_dir: the DRIVE folder (``--dataset_dir``).
+        splits: the split folders to check (``training`` for train, ``test`` for evaluate).
+        min_cases: the fewest images a split may hold.
+        min_size: the smallest image (H, W) accepted (the training patch size).
+        need_label: whether the manual vessel masks are required.
+
+    Returns:
+        ``dataset_dir`` (so the call can be chained in a config).
+
+    Raises:
+        DatasetError: listing every problem, each with its file.
+    """
+    problems = Problems(f"eye dataset {dataset_dir}")
+    root = Path(str(dataset_dir))
+    if not root.is_dir():
+        problems.add(root, "dataset folder does not exist (set --dataset_dir to a DRIVE folder)")
+        problems.raise_if_any()
+    for split in splits:
+        folder = root / split / "images"
+        if not folder.is_dir():
+            problems.add(folder, f"the '{split}' split has no images/ folder (DRIVE layout expected)")
+            continue
+        cases = list_split(root, split)
+        if len(cases) < int(min_cases):
+            problems.add(folder, f"the '{split}' split holds {len(cases)} image(s) ({'/'.join(IMAGE_SUFFIXES)}); "
+                                 f"at least {min_cases} needed")
+        for case in cases:
+            _check_case(case, problems, min_size, need_label)
+    problems.raise_if_any()
+    return str(dataset_dir)
+
+
+def training_split(dataset_dir: str, val_fraction: float = 0.2, seed: int = 0,
+                   output_dir: str | None = None) -> dict[str, list[dict[str, str]]]:
+    """Seeded hold-out split of DRIVE ``training/`` into ``train`` and ``validation`` (at least one image each).
+
+    The split is written to ``<output_dir>/splits.json`` (splits are data, as in nnU-Net).
+
+    Raises:
+        ValueError: ``val_fraction`` outside (0, 1); DatasetError: fewer than 2 training images.
+    """
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}.")
+    cases = list_split(dataset_dir, "training")
+    if len(cases) < 2:
+        raise DatasetError(f"eye dataset {dataset_dir}", [(str(Path(str(dataset_dir)) / "training" / "images"),
+                                                           f"{len(cases)} training image(s); at least 2 needed "
+                                                           "(one is held out for validation)")])
+    order = np.random.default_rng(int(seed)).permutation(len(cases))
+    n_val = min(len(cases) - 1, max(1, int(round(len(cases) * float(val_fraction)))))
+    split = {"train": [cases[i] for i in sorted(order[n_val:])],
+             "validation": [cases[i] for i in sorted(order[:n_val])]}
+    if output_dir is not None and is_rank0():
+        write_json(Path(str(output_dir)) / "splits.json",
+                   {k: [c["case"] for c in v] for k, v in split.items()} | {"seed": int(seed)})
+    return split
+
+
+def test_cases(dataset_dir: str) -> list[dict[str, str]]:
+    """The DRIVE ``test/`` split (evaluation)."""
+    return list_split(dataset_dir, "test")
+
+
+def prepare(dataset_dir: str, default_dir: str, num_cases: int = 20, seed: int = 0, height: int = 584,
+            width: int = 565, splits: Sequence[str] = ("training",), min_cases: int = 1,
+            min_size: Sequence[int] = (1, 1)) -> str:
+    """Generate the synthetic set when ``dataset_dir`` is the bundle's default and does not exist yet, then check it.
+
+    A user-given ``--dataset_dir`` is never written to: a missing one is reported as an error.
+    """
+    from .phantom import ensure_dataset
+
+    if Path(str(dataset_dir)).resolve() == Path(str(default_dir)).resolve() and is_rank0():
+        ensure_dataset(str(dataset_dir), num_cases=num_cases, seed=seed, height=height, width=width)
+    barrier()
+    return check_dataset(str(dataset_dir), splits=splits, min_cases=min_cases, min_size=min_size)
+
+
+def check_checkpoint(path: str) -> str:
+    """Fail early with a clear message when the checkpoint to evaluate does not exist."""
+    if not Path(str(path)).is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist: train first (same --output_dir), or pass "
+                                "--ckpt_path to an existing model.pt")
+    return str(path)
+
