@@ -1,0 +1,148 @@
+"""Benchmark of the breast bundle (issue 6): accuracy on held-out synthetic masses, a size + intensity baseline,
+inference speed and peak memory.
+
+Run from the repository root::
+
+    .venv/bin/python bundles/breast/scripts/benchmark.py --work_dir /tmp/breast_bench
+
+It synthesizes a training set (``--num_cases`` masses, ``--seed``) and a held-out set of another seed (its test CSV,
+``--num_cases // 2`` masses, is the test set), trains with the demo settings of ``train.json`` and evaluates through
+the real bundle commands (subprocesses), fits the logistic-regression baseline on ROI size and mean intensity, times
+inference per case in-process and through the inference command, and writes everything to one JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+BUNDLE = Path(__file__).resolve().parent.parent
+REPO = BUNDLE.parent.parent
+CONFIGS = "bundles/breast/configs"
+
+
+def bundle_cmd(configs: list[str], *args: str | Path) -> float:
+    """Run ``python -m monai.bundle run`` with the given configs from the repository root; return wall seconds."""
+    files = "[" + ",".join(f"'{CONFIGS}/{c}.json'" for c in configs) + "]"
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *[str(a) for a in args]]
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"failed: {' '.join(command)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def peak_rss_mib() -> float:
+    """Largest resident set of any finished child process so far (MiB)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+
+
+def roi_features(items: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Baseline features per mass: ROI area (pixels) and mean windowed intensity inside the ROI."""
+    from scripts.dicom import read_dicom
+    from scripts.phantom import crop_box
+
+    features, labels = [], []
+    for item in items:
+        full, roi = read_dicom(item["full"]), read_dicom(item["roi"]) > 0
+        y0, y1, x0, x1 = crop_box(roi, 0.25)
+        crop = full[y0:y1, x0:x1]
+        low, high = np.percentile(crop, [0.5, 99.5])
+        windowed = np.clip((crop - low) / max(high - low, 1e-6), 0, 1)
+        features.append([float(roi.sum()), float(windowed[roi[y0:y1, x0:x1]].mean())])
+        labels.append(item["label"])
+    return np.array(features), np.array(labels)
+
+
+def baseline_auc(train_dir: Path, test_dir: Path) -> float | None:
+    """Logistic regression on (size, mean intensity), fitted on the training CSV, AUC on the held-out test CSV."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from scripts.data import load_split
+    from scripts.metrics import auc
+
+    x_train, y_train = roi_features(load_split(train_dir, "train", "roi_mask", check_files=False))
+    x_test, y_test = roi_features(load_split(test_dir, "test", "roi_mask", check_files=False))
+    model = make_pipeline(StandardScaler(), LogisticRegression(random_state=0)).fit(x_train, y_train)
+    scores = model.predict_proba(x_test)[:, 1]
+    return auc([{"label": int(y), "p_malignant": float(s), "predicted": int(s >= 0.5)} for y, s in zip(y_test, scores)])
+
+
+def time_inference(test_dir: Path, ckpt: Path, threads: int) -> dict:
+    """Median ms per case: preprocessing + forward (batch 1), and the network forward alone, with ``threads``."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from scripts.data import load_split
+
+    torch.set_num_threads(threads)
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser["bundle_root"] = str(BUNDLE)
+    net, pre = parser.get_parsed_content("network_def"), parser.get_parsed_content("preprocessing")
+    net.load_state_dict(torch.load(ckpt, map_location="cpu"))
+    net.eval()
+    items = load_split(test_dir, "test", check_files=False)
+    total, forward = [], []
+    with torch.no_grad():
+        for item in items[:5]:
+            net(pre(dict(item))["image"][None])
+        for item in items:
+            start = time.perf_counter()
+            x = pre(dict(item))["image"][None]
+            middle = time.perf_counter()
+            torch.softmax(net(x), 1)
+            end = time.perf_counter()
+            total.append(end - start)
+            forward.append(end - middle)
+    return {"threads": threads, "ms_per_case_end_to_end": 1000 * float(np.median(total)),
+            "ms_per_case_network": 1000 * float(np.median(forward)), "cases": len(items)}
+
+
+def main(args: argparse.Namespace) -> dict:
+    sys.path.insert(0, str(BUNDLE))
+    work = Path(args.work_dir)
+    train_dir, test_dir, out, pred = work / "train_data", work / "heldout_data", work / "out", work / "pred"
+    result: dict = {"settings": vars(args)}
+    for folder, seed, key in ((train_dir, args.seed, "synthesize_s"), (test_dir, args.heldout_seed, None)):
+        if not (folder / "mass_case_description_test_set.csv").is_file():  # reuse a set written by an earlier run
+            seconds = bundle_cmd(["synthesize"], "--dataset_dir", folder, "--num_cases", args.num_cases, "--seed", seed)
+            if key:
+                result[key] = seconds
+    train_args = ["--epochs", args.epochs] if args.epochs else []
+    result["train_s"] = bundle_cmd(["train"], "--dataset_dir", train_dir, "--output_dir", out, *train_args)
+    result["peak_rss_train_mib"] = peak_rss_mib()
+    result["evaluate_s"] = bundle_cmd(["train", "evaluate"], "--dataset_dir", test_dir, "--output_dir", out)
+    result["metrics"] = json.loads((out / "metrics.json").read_text())
+    result["inference_s"] = bundle_cmd(["inference"], "--input_dir", test_dir, "--output_dir", pred, "--ckpt_path",
+                                       out / "models" / "model.pt")
+    result["peak_rss_all_mib"] = peak_rss_mib()
+    result["baseline_auc_size_intensity"] = baseline_auc(train_dir, test_dir)
+    result["speed"] = [time_inference(test_dir, out / "models" / "model.pt", t) for t in (1, 2)]
+    result["case_study_hadush_2020"] = {"accuracy": 0.9186, "precision": 0.8765, "sensitivity": 0.9467,
+                                        "specificity": 0.8969, "auc": 0.922}
+    (work / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work_dir", required=True, help="folder for the synthetic sets, outputs and benchmark.json")
+    parser.add_argument("--num_cases", type=int, default=400, help="training masses (held-out test: half as many)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training set")
+    parser.add_argument("--heldout_seed", type=int, default=1, help="seed of the held-out set")
+    parser.add_argument("--epochs", type=int, default=0, help="training epochs (0: train.json's default)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(parse_args()), indent=2))

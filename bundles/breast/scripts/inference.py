@@ -1,0 +1,100 @@
+"""Inference over a folder of mass ROI crops (``*.dcm``) or a CBIS-DDSM folder: predictions.csv + Grad-CAM overlays.
+
+Outputs (DESIGN.md): ``<output_dir>/predictions.csv`` with ``case, p_benign, p_malignant, label`` (label 1 =
+malignant at ``threshold``) and, with ``gradcam``, ``<output_dir>/predictions/<case>_gradcam.png``: the network input
+with MONAI's Grad-CAM map for the malignant class laid over it (red = evidence for malignancy). One bad file does not
+stop the others; the run then ends with an error naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.checkpoint import load_network_weights
+from common.io import save_png, write_csv
+from common.validation import Problems, check_dir, run_each
+from scripts.data import csv_path, load_split, require_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def list_inputs(input_dir: str | os.PathLike, crop_source: str = "cropped") -> list[dict[str, Any]]:
+    """Inputs: every ``*.dcm`` of ``input_dir`` (case = file stem), or, for a CBIS-DDSM folder (one with the mass
+    CSVs), the ROI crops its test CSV (else its train CSV) names (case = CBIS-DDSM ROI folder name; ``pathology`` is
+    ignored)."""
+    problems = Problems(f"inference input folder {input_dir}")
+    if not check_dir(str(input_dir), problems, "input folder", override="--input_dir"):
+        problems.raise_if_any()
+    root = Path(str(input_dir))
+    files = sorted(root.glob("*.dcm"))
+    if files:
+        return [{"case": p.stem, "image": str(p)} for p in files]
+    items: list[dict[str, Any]] = []
+    split = "test" if csv_path(root, "test").is_file() else "train"  # a CBIS-DDSM folder: its test CSV first
+    if csv_path(root, split).is_file():
+        items = load_split(root, split, crop_source, problems, check_files=False, need_labels=False)
+    problems.check(bool(items), root, "no *.dcm file and no mass_case_description_{train,test}_set.csv to predict")
+    problems.raise_if_any()
+    return items
+
+
+def gradcam_overlay(image: np.ndarray, cam: np.ndarray, scale: int = 4, alpha: float = 0.45) -> np.ndarray:
+    """RGB uint8 overlay of a [0, 1] Grad-CAM map (jet colours) on a [0, 1] greyscale image, enlarged ``scale`` x."""
+    from matplotlib import colormaps
+
+    grey = np.clip(image, 0, 1)[..., None].repeat(3, axis=-1)
+    cam = np.clip(cam, 0, 1)
+    heat = colormaps["jet"](cam)[..., :3]
+    blended = (1 - alpha * cam[..., None]) * grey + alpha * cam[..., None] * heat
+    blended = np.kron(blended, np.ones((scale, scale, 1)))
+    return (np.clip(blended, 0, 1) * 255).round().astype(np.uint8)
+
+
+def predict(input_dir: str | os.PathLike, output_dir: str | os.PathLike, network: torch.nn.Module,
+            ckpt_path: str | os.PathLike, preprocessing: Callable, inferer: Callable, postprocessing: Callable,
+            device: Any = "cpu", threshold: float = 0.5, gradcam: bool = True,
+            gradcam_layer: str = "features.4.relu", crop_source: str = "cropped") -> str:
+    """Predict p(malignant) for every input; write predictions.csv (and Grad-CAM PNGs); return the CSV path.
+
+    Raises:
+        FileNotFoundError: missing checkpoint (never predicts from random weights).
+        common.validation.DatasetError: missing or empty input folder.
+        common.validation.BatchFailure: some inputs failed (the others are written); names each failed file.
+    """
+    require_checkpoint(ckpt_path)
+    load_network_weights(network, ckpt_path).eval()
+    items = list_inputs(input_dir, crop_source)
+    out = Path(str(output_dir))
+    cam = None
+    if str(gradcam).strip().lower() not in ("false", "0", "no", "none", ""):  # `--gradcam false` arrives as text
+        from monai.visualize import GradCAM
+
+        cam = GradCAM(nn_module=network, target_layers=gradcam_layer)
+    rows: list[dict[str, Any]] = []
+
+    def one(item: dict[str, Any]) -> None:
+        image = preprocessing(dict(item))["image"]
+        x = torch.as_tensor(image, dtype=torch.float32)[None].to(device)
+        with torch.no_grad():
+            prob = postprocessing(inferer(x, network)[0]).float().cpu().numpy()
+        if cam is not None:
+            heat = cam(x, class_idx=1)[0, 0].detach().cpu().numpy()
+            save_png(gradcam_overlay(x[0, 0].cpu().numpy(), heat), out / "predictions" / f"{item['case']}_gradcam.png")
+        rows.append({"case": item["case"], "p_benign": float(prob[0]), "p_malignant": float(prob[1]),
+                     "label": int(prob[1] >= threshold)})
+
+    csv_file = out / "predictions.csv"
+    try:
+        run_each(items, one, name_of=lambda i: f"{i['case']} ({i.get('image', i.get('full'))})", what="breast inference")
+    finally:
+        if rows:
+            write_csv(csv_file, rows, fieldnames=["case", "p_benign", "p_malignant", "label"])
+    logger.info("predicted %d masses; wrote %s", len(rows), csv_file)
+    return str(csv_file)

@@ -1,0 +1,150 @@
+"""Benign/malignant metrics (AUC, accuracy, precision, sensitivity, specificity), per-case rows and the ROC plot.
+
+Every metric is a function of a list of per-case rows ``{"case", "label", "p_malignant", "predicted"}`` so that
+``common.evaluation.summarise`` can bootstrap it. A metric undefined for the rows (e.g. sensitivity without a
+malignant case) is None.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.io import atomic_path
+
+Rows = Sequence[Mapping[str, Any]]
+METRICS = ("auc", "accuracy", "precision", "sensitivity", "specificity")
+
+
+def _arrays(rows: Rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    labels = np.array([int(r["label"]) for r in rows], dtype=int)
+    scores = np.array([float(r["p_malignant"]) for r in rows], dtype=float)
+    predicted = np.array([int(r["predicted"]) for r in rows], dtype=int)
+    return labels, scores, predicted
+
+
+def confusion(rows: Rows) -> dict[str, int]:
+    """True/false positives/negatives (malignant = positive)."""
+    y, _, p = _arrays(rows)
+    return {"tp": int(((p == 1) & (y == 1)).sum()), "fp": int(((p == 1) & (y == 0)).sum()),
+            "tn": int(((p == 0) & (y == 0)).sum()), "fn": int(((p == 0) & (y == 1)).sum())}
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def accuracy(rows: Rows) -> float | None:
+    """(TP + TN) / N."""
+    c = confusion(rows)
+    return _ratio(c["tp"] + c["tn"], sum(c.values()))
+
+
+def precision(rows: Rows) -> float | None:
+    """TP / (TP + FP); None without a positive prediction."""
+    c = confusion(rows)
+    return _ratio(c["tp"], c["tp"] + c["fp"])
+
+
+def sensitivity(rows: Rows) -> float | None:
+    """TP / (TP + FN); None without a malignant case."""
+    c = confusion(rows)
+    return _ratio(c["tp"], c["tp"] + c["fn"])
+
+
+def specificity(rows: Rows) -> float | None:
+    """TN / (TN + FP); None without a benign case."""
+    c = confusion(rows)
+    return _ratio(c["tn"], c["tn"] + c["fp"])
+
+
+def auc(rows: Rows) -> float | None:
+    """Area under the ROC curve: P(score of a malignant case > score of a benign one), ties counting 1/2."""
+    y, s, _ = _arrays(rows)
+    pos, neg = s[y == 1], s[y == 0]
+    if not pos.size or not neg.size:
+        return None
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (pos.size * neg.size))
+
+
+def roc_points(rows: Rows) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive rates at every threshold (from (0, 0) to (1, 1))."""
+    y, s, _ = _arrays(rows)
+    thresholds = np.r_[np.inf, np.unique(s)[::-1]]
+    tpr = np.array([((s >= t) & (y == 1)).sum() for t in thresholds]) / max((y == 1).sum(), 1)
+    fpr = np.array([((s >= t) & (y == 0)).sum() for t in thresholds]) / max((y == 0).sum(), 1)
+    return fpr, tpr
+
+
+def case_rows(engine: Any, threshold: float = 0.5) -> list[dict[str, Any]]:
+    """One row per case of the evaluator's current batch: case, label, p_malignant, predicted, correct."""
+    batch, output = engine.state.batch, engine.state.output
+    preds = [o["pred"] for o in output] if isinstance(output, list) else list(output["pred"])
+    if isinstance(batch, list):  # MONAI decollates the batch when the engine has postprocessing
+        cases, labels = [b["case"] for b in batch], [b["label"] for b in batch]
+    else:
+        cases, labels = list(batch["case"]), list(batch["label"])
+    rows = []
+    for case, label, pred in zip(cases, labels, preds):
+        p = float(pred.detach().float().cpu().reshape(-1)[1])
+        predicted = int(p >= threshold)
+        rows.append({"case": case, "label": int(label), "p_malignant": p, "predicted": predicted,
+                     "correct": int(predicted == int(label))})
+    return rows
+
+
+def read_case_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of a ``metrics_per_case.csv``."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{**r, "label": int(r["label"]), "p_malignant": float(r["p_malignant"]),
+                 "predicted": int(r["predicted"])} for r in csv.DictReader(f)]
+
+
+def write_roc_curve(output_dir: str | os.PathLike, title: str = "Mass classification, test split") -> str:
+    """Plot the ROC curve of ``<output_dir>/metrics_per_case.csv`` to ``<output_dir>/roc_curve.png`` (atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from common.distributed import is_rank0
+
+    out = Path(str(output_dir)) / "roc_curve.png"
+    if not is_rank0():
+        return str(out)
+    rows = read_case_rows(Path(str(output_dir)) / "metrics_per_case.csv")
+    fpr, tpr = roc_points(rows)
+    value = auc(rows)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    ax.plot(fpr, tpr, lw=2, label=f"CNN (AUC = {value:.3f})" if value is not None else "CNN (AUC undefined)")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
+    ax.set(xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity (true-positive rate)", title=title,
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return str(out)
+
+
+class RocCurveWriter:
+    """Ignite handler: at the end of the evaluation epoch, plot ``metrics_per_case.csv`` as ``roc_curve.png``.
+
+    Attach it after ``common.handlers.EvaluationWriter`` (which writes the CSV at the same event) and before
+    ``common.tracking.MLflowRunRecorder`` (which uploads the PNG when ``overlay_dir`` is ``output_dir``).
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, title: str = "Mass classification, test split") -> None:
+        self.output_dir, self.title = str(output_dir), title
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: write_roc_curve(self.output_dir, self.title))

@@ -1,0 +1,461 @@
+"""Tests of the breast bundle: mammographic mass classification (benign vs malignant) in the CBIS-DDSM layout.
+
+Covers issue 6's "Done when" and "Bad input" lists: the network's layer structure against Hadush et al. 2020, DICOM
+reading (MONOCHROME1/2, rescale), CSV parsing (BENIGN_WITHOUT_CALLBACK, stripped cells, TCIA path resolution), metric
+computation on a known confusion matrix, a table of bad inputs, and the train / evaluate / inference / torchrun
+workflows on one shared tiny synthetic dataset.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, config_list, import_bundle_module, run_monai_bundle
+
+AREA = "breast"
+TRAIN_CSV, TEST_CSV = "mass_case_description_train_set.csv", "mass_case_description_test_set.csv"
+
+
+def mod(name: str):
+    return import_bundle_module(AREA, name)
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+# --------------------------------------------------------------------------------------------- shared fixtures
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """One tiny synthetic CBIS-DDSM set (16 training masses, 8 test masses), written in-process."""
+    root = tmp_path_factory.mktemp("breast_data") / "D"
+    mod("phantom").synthesize(root, num_cases=16, seed=0, image_size=(160, 128))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory) -> dict:
+    """Train (1 epoch, tiny), evaluate and infer once through the real bundle commands."""
+    work = tmp_path_factory.mktemp("breast_run")
+    out, pred = work / "out", work / "pred"
+    train = run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "tiny"), "--dataset_dir", tiny_data,
+                              "--output_dir", out, "--epochs", 1])
+    evaluate = run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "evaluate", "tiny"),
+                                 "--dataset_dir", tiny_data, "--output_dir", out])
+    infer = run_monai_bundle(["run", "--config_file", config_list(AREA, "inference", "tiny"), "--input_dir", tiny_data,
+                              "--output_dir", pred, "--ckpt_path", out / "models" / "model.pt"])
+    return {"out": out, "pred": pred, "logs": (train, evaluate, infer)}
+
+
+# --------------------------------------------------------------------------------------------- network
+def test_network_layers_follow_the_case_study():
+    networks = mod("networks")
+    net = networks.HadushCNN(channels=(8, 16, 32, 64, 64), dropout=0.3)
+    blocks = list(net.features)
+    assert len(blocks) == 5
+    widths = [1, 8, 16, 32, 64, 64]
+    for i, block in enumerate(blocks):
+        layers = list(block.children())
+        assert [type(m).__name__ for m in layers] == ["Conv2d", "ReLU", "BatchNorm2d", "MaxPool2d", "Dropout"]
+        conv, pool = layers[0], layers[3]
+        assert conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
+        assert (conv.in_channels, conv.out_channels) == (widths[i], widths[i + 1])
+        assert pool.kernel_size == 2 and pool.stride == 2 and layers[4].p == 0.3
+    net.eval()
+    for side in (32, 64):
+        assert net(torch.rand(2, 1, side, side)).shape == (2, 2)
+    scripted = torch.jit.script(net)
+    x = torch.rand(1, 1, 64, 64)
+    assert torch.allclose(scripted(x), net(x), atol=1e-6)
+    with pytest.raises(ValueError, match="five positive widths"):
+        networks.HadushCNN(channels=(8, 16, 32, 64))
+
+
+def test_network_defined_once_across_configs():
+    from monai.bundle import ConfigParser
+
+    nets = []
+    for name in ("train", "inference"):
+        parser = ConfigParser()
+        parser.read_config(str(REPO / "bundles" / AREA / "configs" / f"{name}.json"))
+        nets.append(parser.get_parsed_content("network_def", instantiate=False).get_config())
+    assert nets[0] == nets[1]
+
+
+# --------------------------------------------------------------------------------------------- DICOM
+def test_dicom_monochrome_and_rescale(tmp_path):
+    import pydicom
+
+    dicom = mod("dicom")
+    values2 = np.array([[0.0, 100.0], [1000.0, 4095.0]])
+    dicom.write_dicom(tmp_path / "m2.dcm", values2, bits_stored=12, photometric="MONOCHROME2")
+    np.testing.assert_array_equal(dicom.read_dicom(tmp_path / "m2.dcm"), values2)
+    # 16-bit MONOCHROME1 with slope 0.5 and intercept -1024: display value -1024 is stored as 0 before inversion,
+    # i.e. 65535 in the file; 100.5 is stored as (100.5 + 1024) / 0.5 = 2249 -> 65535 - 2249 = 63286.
+    values1 = np.array([[-1024.0, -974.0], [0.0, 100.5]])
+    dicom.write_dicom(tmp_path / "m1.dcm", values1, bits_stored=16, photometric="MONOCHROME1", slope=0.5,
+                      intercept=-1024.0)
+    ds = pydicom.dcmread(tmp_path / "m1.dcm")
+    assert ds.PhotometricInterpretation == "MONOCHROME1" and ds.BitsStored == 16
+    assert ds.pixel_array[0, 0] == 65535 and ds.pixel_array[1, 1] == 63286
+    image = dicom.read_dicom(tmp_path / "m1.dcm")
+    np.testing.assert_array_equal(image, values1)  # larger = denser, in the rescaled units
+    assert image.dtype == np.float32
+
+
+def test_same_mass_as_monochrome1_and_2_gives_the_same_network_input(tmp_path):
+    dicom, transforms = mod("dicom"), mod("transforms")
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 4000, size=(40, 40)).astype(float)
+    dicom.write_dicom(tmp_path / "a.dcm", values, bits_stored=12, photometric="MONOCHROME2")
+    dicom.write_dicom(tmp_path / "b.dcm", values * 2 - 1024, bits_stored=14, photometric="MONOCHROME1", slope=2.0,
+                      intercept=-1024)
+    from monai.transforms import ScaleIntensityRangePercentiles
+
+    window = ScaleIntensityRangePercentiles(1, 99, 0.0, 1.0, clip=True)
+    load = transforms.LoadMass()
+    a, b = window(load(str(tmp_path / "a.dcm"))), window(load(str(tmp_path / "b.dcm")))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_load_mass_crops_around_the_roi_mask(tmp_path):
+    dicom, transforms = mod("dicom"), mod("transforms")
+    full = np.arange(60 * 50, dtype=float).reshape(60, 50)
+    mask = np.zeros((60, 50))
+    mask[10:20, 20:30] = 255  # 10 x 10 box centred at (15, 25); margin 0.5 -> side 20 -> rows 5:25, cols 15:35
+    dicom.write_dicom(tmp_path / "full.dcm", full, bits_stored=12)
+    dicom.write_dicom(tmp_path / "roi.dcm", mask, bits_stored=8)
+    crop = transforms.LoadMass(margin=0.5)((str(tmp_path / "full.dcm"), str(tmp_path / "roi.dcm")))
+    assert crop.shape == (1, 20, 20)
+    np.testing.assert_array_equal(crop[0], full[5:25, 15:35])
+
+
+def test_denoise_keeps_flat_images_and_removes_salt_noise():
+    transforms = mod("transforms")
+    flat = np.full((1, 16, 16), 0.4, dtype=np.float32)
+    np.testing.assert_allclose(transforms.Denoise()(flat), flat, atol=1e-5)
+    salty = flat.copy()
+    salty[0, 8, 8] = 1.0
+    out = transforms.Denoise(gaussian_sigma=0, median_size=3, bilateral_sigma_color=0)(salty)
+    assert out[0, 8, 8] == pytest.approx(0.4)
+    assert np.array_equal(transforms.Denoise(0, 0, 0, 0)(salty), salty)
+    with pytest.raises(ValueError, match="gaussian_sigma=-1"):
+        transforms.Denoise(gaussian_sigma=-1)
+
+
+# --------------------------------------------------------------------------------------------- CSV and paths
+def write_table(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_table(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_csv_parsing_labels_and_stripped_cells(tiny_data, tmp_path):
+    data = mod("data")
+    root = tmp_path / "D"
+    shutil.copytree(tiny_data, root)
+    rows = read_table(root / TRAIN_CSV)[:3]
+    for row, pathology in zip(rows, ["MALIGNANT", "BENIGN", "BENIGN_WITHOUT_CALLBACK"]):
+        row["pathology"] = f" {pathology}\n"
+        row["cropped image file path"] = row["cropped image file path"] + "\n"
+    rows = [{("breast density" if k == "breast_density" else k): v for k, v in r.items()} for r in rows]
+    write_table(root / TRAIN_CSV, rows)
+    items = data.load_split(root, "train")
+    assert [i["label"] for i in items] == [1, 0, 0]
+    assert all(Path(i["image"]).is_file() for i in items)
+    assert items[0]["case"] == f"Mass-Training_{rows[0]['patient_id']}_{rows[0]['left or right breast']}_" \
+                               f"{rows[0]['image view']}_1"
+
+
+def test_paths_resolve_through_the_case_folder_in_a_tcia_tree(tiny_data, tmp_path):
+    """TCIA's download renames everything below the case folder; the reader finds files by case folder + kind."""
+    data = mod("data")
+    root = tmp_path / "D"
+    rows = read_table(tiny_data / TRAIN_CSV)[:2]
+    for row in rows:
+        full_case = row["image file path"].split("/")[0]
+        roi_case = row["cropped image file path"].split("/")[0]
+        for column, case, series in (("image file path", full_case, "1.000000-full mammogram images-11"),
+                                     ("cropped image file path", roi_case, "1.000000-cropped images-22"),
+                                     ("ROI mask file path", roi_case, "1.000000-ROI mask images-33")):
+            target = root / "CBIS-DDSM" / case / "07-20-2016-DDSM-99" / series / "1-1.dcm"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(tiny_data / row[column].strip(), target)
+    rows.append(dict(rows[0], patient_id="P_09999", **{"cropped image file path": "Mass-Training_P_09999_LEFT_CC_1/x/y/000000.dcm"}))
+    write_table(root / TRAIN_CSV, rows)
+    problems = data.Problems("test")
+    items = data.load_split(root, "train", "cropped", problems)
+    assert "cropped images-22" in items[0]["image"] and "cropped images-22" in items[1]["image"]
+    assert len(problems) == 1 and "line 4" in problems.items[0][0] and "P_09999" in problems.items[0][1]
+    items = data.load_split(root, "train", "roi_mask", data.Problems("test"))
+    assert "full mammogram" in items[0]["full"] and "ROI mask" in items[0]["roi"]
+
+
+def test_split_is_by_patient_and_seeded(tiny_data):
+    data = mod("data")
+    train, val = data.datalist(tiny_data, "train"), data.datalist(tiny_data, "val")
+    assert train and val and not {i["patient"] for i in train} & {i["patient"] for i in val}
+    assert [i["case"] for i in val] == [i["case"] for i in data.datalist(tiny_data, "val")]
+    weights = data.class_weights(tiny_data)
+    labels = np.array([i["label"] for i in train])
+    expected = [labels.size / (2 * (labels == c).sum()) for c in (0, 1)]
+    assert weights.tolist() == pytest.approx(expected)
+
+
+# --------------------------------------------------------------------------------------------- metrics
+def rows_from(labels, scores, threshold=0.5):
+    return [{"case": str(i), "label": y, "p_malignant": s, "predicted": int(s >= threshold)}
+            for i, (y, s) in enumerate(zip(labels, scores))]
+
+
+def test_metrics_on_a_known_confusion_matrix():
+    metrics = mod("metrics")
+    # TP = 3, FN = 2 (malignant); TN = 4, FP = 1 (benign)
+    rows = rows_from([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], [0.9, 0.8, 0.7, 0.2, 0.1, 0.6, 0.4, 0.3, 0.2, 0.1])
+    assert metrics.confusion(rows) == {"tp": 3, "fp": 1, "tn": 4, "fn": 2}
+    assert metrics.accuracy(rows) == pytest.approx(7 / 10)
+    assert metrics.precision(rows) == pytest.approx(3 / 4)
+    assert metrics.sensitivity(rows) == pytest.approx(3 / 5)
+    assert metrics.specificity(rows) == pytest.approx(4 / 5)
+    # AUC by hand: positives {0.9, 0.4}, negatives {0.5, 0.1, 0.4}: 3 + (1 + 0.5) wins of 6 pairs = 0.75
+    assert metrics.auc(rows_from([1, 1, 0, 0, 0], [0.9, 0.4, 0.5, 0.1, 0.4])) == pytest.approx(0.75)
+    only_benign = rows_from([0, 0], [0.2, 0.7])
+    assert metrics.auc(only_benign) is None and metrics.sensitivity(only_benign) is None
+    assert metrics.precision(rows_from([1, 0], [0.1, 0.2])) is None
+    fpr, tpr = metrics.roc_points(rows_from([1, 0], [0.8, 0.3]))
+    assert fpr.tolist() == [0.0, 0.0, 1.0] and tpr.tolist() == [0.0, 1.0, 1.0]
+
+
+# --------------------------------------------------------------------------------------------- phantom
+def test_phantom_layout_dicom_tags_and_determinism(tiny_data, tmp_path):
+    import pydicom
+
+    phantom = mod("phantom")
+    train, test = read_table(tiny_data / TRAIN_CSV), read_table(tiny_data / TEST_CSV)
+    assert len(train) == 16 and len(test) == 8
+    assert "breast density" in test[0] and "breast_density" in train[0]  # as in the real CSVs
+    assert {r["pathology"] for r in train + test} <= {"MALIGNANT", "BENIGN", "BENIGN_WITHOUT_CALLBACK"}
+    assert all(r["ROI mask file path"].endswith("\n") for r in train)
+    headers = [pydicom.dcmread(tiny_data / r["image file path"]) for r in train + test]
+    assert {h.BitsStored for h in headers} <= {12, 14, 16} and len({h.BitsStored for h in headers}) > 1
+    assert {h.PhotometricInterpretation for h in headers} == {"MONOCHROME1", "MONOCHROME2"}
+    assert all(h.Modality == "MG" and "RescaleSlope" in h and "RescaleIntercept" in h for h in headers)
+    again = phantom.synthesize(tmp_path / "again", num_cases=16, seed=0, image_size=(160, 128))
+    assert (Path(again) / TRAIN_CSV).read_bytes() == (tiny_data / TRAIN_CSV).read_bytes()
+    first = train[0]["cropped image file path"]
+    assert (Path(again) / first).read_bytes() == (tiny_data / first).read_bytes()
+    other = phantom.synthesize(tmp_path / "other", num_cases=16, seed=1, image_size=(160, 128))
+    assert (Path(other) / TRAIN_CSV).read_bytes() != (tiny_data / TRAIN_CSV).read_bytes()
+    with pytest.raises(ValueError, match="num_cases >= 2"):
+        phantom.synthesize(tmp_path / "bad", num_cases=1)
+
+
+def test_synthetic_set_generated_only_in_the_default_folder(tmp_path):
+    phantom = mod("phantom")
+    elsewhere = tmp_path / "user_data"
+    phantom.ensure_dataset(elsewhere, tmp_path / "default", num_cases=2, image_size=(128, 96))
+    assert not elsewhere.exists()
+    phantom.ensure_dataset(tmp_path / "default", tmp_path / "default", num_cases=2, image_size=(128, 96))
+    assert (tmp_path / "default" / TRAIN_CSV).is_file() and (tmp_path / "default" / TEST_CSV).is_file()
+
+
+# --------------------------------------------------------------------------------------------- bad inputs
+def _first(root: Path, column: str = "cropped image file path") -> Path:
+    return root / read_table(root / TRAIN_CSV)[0][column].strip()
+
+
+def _edit_rows(root: Path, edit) -> None:
+    rows = read_table(root / TRAIN_CSV)
+    write_table(root / TRAIN_CSV, edit(rows))
+
+
+def _rewrite_dicom(path: Path, edit) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    edit(ds)
+    ds.save_as(path, enforce_file_format=False)
+
+
+def _no_pixels(ds):
+    del ds.PixelData
+
+
+def _jpeg_ls(ds):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLSLossless
+
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    ds.PixelData = encapsulate([b"\xff\xd8not-really-jpeg-ls\xff\xd9"])
+
+
+def _rgb(ds):
+    ds.PhotometricInterpretation = "RGB"
+
+
+def _small_mask(root: Path) -> None:
+    dicom = mod("dicom")
+    dicom.write_dicom(_first(root, "ROI mask file path"), np.full((20, 20), 255.0), bits_stored=8)
+
+
+BAD_INPUTS = [
+    # (id, mutation of a copy of the tiny dataset, crop_source, strings the error must contain)
+    ("csv_missing_column", lambda r: _edit_rows(r, lambda rows: [{k: v for k, v in x.items() if k != "pathology"}
+                                                                  for x in rows]),
+     "cropped", [TRAIN_CSV, "pathology"]),
+    ("csv_missing", lambda r: (r / TRAIN_CSV).unlink(), "cropped", [TRAIN_CSV, "missing"]),
+    ("csv_header_only", lambda r: _edit_rows(r, lambda rows: rows[:0] or [dict.fromkeys(rows[0], "")]),
+     "cropped", [TRAIN_CSV, "no cases"]),
+    ("path_does_not_exist", lambda r: _edit_rows(r, lambda rows: [dict(rows[0], **{
+        "cropped image file path": "Mass-Training_P_77777_LEFT_CC_1/1.2/3.4/000000.dcm"})] + rows[1:]),
+     "cropped", [f"{TRAIN_CSV} line 2", "Mass-Training_P_77777_LEFT_CC_1"]),
+    ("unknown_pathology", lambda r: _edit_rows(r, lambda rows: [dict(rows[0], pathology="MAYBE")] + rows[1:]),
+     "cropped", [f"{TRAIN_CSV} line 2", "MAYBE"]),
+    ("dicom_without_pixel_data", lambda r: _rewrite_dicom(_first(r), _no_pixels), "cropped",
+     ["{crop}", "no pixel data"]),
+    ("unsupported_transfer_syntax", lambda r: _rewrite_dicom(_first(r), _jpeg_ls), "cropped",
+     ["{crop}", "JPEG-LS", "transfer syntax"]),
+    ("not_a_dicom_file", lambda r: _first(r).write_bytes(b"this is not DICOM"), "cropped",
+     ["{crop}", "not a readable DICOM"]),
+    ("rgb_photometric", lambda r: _rewrite_dicom(_first(r), _rgb), "cropped", ["{crop}", "'RGB'"]),
+    ("roi_mask_size_mismatch", _small_mask, "roi_mask", [f"{TRAIN_CSV} line 2", "differ in size"]),
+    ("duplicate_case", lambda r: _edit_rows(r, lambda rows: rows + rows[:1]), "cropped", ["duplicate case"]),
+]
+
+
+@pytest.mark.parametrize("name,mutate,crop_source,expected", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_dataset_is_rejected_naming_the_file(tiny_data, tmp_path, name, mutate, crop_source, expected):
+    from common.validation import DatasetError
+
+    data = mod("data")
+    root, out = tmp_path / "D", tmp_path / "out"
+    shutil.copytree(tiny_data, root)
+    crop = str(_first(root))
+    mutate(root)
+    with pytest.raises(DatasetError) as info:
+        data.validate(root, ("train",), crop_source, output_dir=out)
+    message = str(info.value)
+    for text in expected:
+        assert text.replace("{crop}", crop) in message, f"{name}: {text!r} not in {message}"
+    assert files_under(out) == [], f"{name}: outputs left behind: {files_under(out)}"
+
+
+def test_monochrome1_files_are_accepted(tiny_data):
+    """MONOCHROME1 must be handled (inverted), not rejected: the tiny set holds both kinds and validates."""
+    mod("data").validate(tiny_data, ("train", "test"))
+
+
+def test_missing_dataset_dir_names_the_override(tmp_path):
+    from common.validation import DatasetError
+
+    with pytest.raises(DatasetError, match="--dataset_dir"):
+        mod("data").validate(tmp_path / "nowhere", ("train",))
+
+
+def _inference_parts(tmp_path: Path):
+    from monai.bundle import ConfigParser
+
+    mod("transforms")  # puts this bundle's `scripts` into sys.modules for the parser
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundles" / AREA / "configs" / n) for n in ("inference.json", "tiny.json")])
+    parser["bundle_root"] = str(REPO / "bundles" / AREA)
+    net = parser.get_parsed_content("network_def")
+    ckpt = tmp_path / "model.pt"
+    torch.save(net.state_dict(), ckpt)
+    return {k: parser.get_parsed_content(k) for k in ("preprocessing", "inferer", "postprocessing")}, net, ckpt
+
+
+def test_inference_reports_a_bad_file_and_writes_the_others(tiny_data, tmp_path):
+    from common.validation import BatchFailure
+
+    inference = mod("inference")
+    parts, net, ckpt = _inference_parts(tmp_path)
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for i, row in enumerate(read_table(tiny_data / TEST_CSV)[:2]):
+        shutil.copy(tiny_data / row["cropped image file path"].strip(), inputs / f"mass{i}.dcm")
+    (inputs / "broken.dcm").write_bytes(b"\x00" * 200)
+    with pytest.raises(BatchFailure, match="broken"):
+        inference.predict(inputs, out, net, ckpt, **parts, gradcam=True)
+    rows = read_table(out / "predictions.csv")
+    assert [r["case"] for r in rows] == ["mass0", "mass1"]
+    assert files_under(out) == ["predictions.csv", "predictions/mass0_gradcam.png", "predictions/mass1_gradcam.png"]
+
+
+def test_inference_without_checkpoint_is_a_clear_error(tiny_data, tmp_path):
+    inference = mod("inference")
+    parts, net, _ = _inference_parts(tmp_path)
+    missing = tmp_path / "no" / "model.pt"
+    with pytest.raises(FileNotFoundError, match="train first"):
+        inference.predict(tiny_data, tmp_path / "out", net, missing, **parts)
+    assert files_under(tmp_path / "out") == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no \\*.dcm file"):
+        inference.predict(empty, tmp_path / "out", net, tmp_path / "model.pt", **parts)
+    assert files_under(tmp_path / "out") == []
+
+
+# --------------------------------------------------------------------------------------------- workflows
+def test_train_evaluate_infer_outputs(trained):
+    from PIL import Image
+
+    out, pred = trained["out"], trained["pred"]
+    assert (out / "models" / "model.pt").is_file() and (out / "models" / "checkpoint_epoch=1.pt").is_file()
+    splits = json.loads((out / "splits.json").read_text())
+    assert splits["train"] and splits["val"] and not set(splits["train"]) & set(splits["val"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["key_metric"] == "auc" and metrics["num_cases"] == 8
+    for name in ("auc", "accuracy", "precision", "sensitivity", "specificity"):
+        assert name in metrics and f"{name}_ci95" in metrics
+    per_case = read_table(out / "metrics_per_case.csv")
+    assert len(per_case) == 8 and set(per_case[0]) >= {"case", "label", "p_malignant", "predicted"}
+    assert (out / "roc_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = read_table(pred / "predictions.csv")
+    assert list(rows[0]) == ["case", "p_benign", "p_malignant", "label"] and len(rows) == 8  # the test CSV
+    assert all(r["case"].startswith("Mass-Test_") for r in rows)
+    for row in rows:
+        assert float(row["p_benign"]) + float(row["p_malignant"]) == pytest.approx(1.0, abs=1e-5)
+        assert row["label"] == str(int(float(row["p_malignant"]) >= 0.5))
+        overlay = np.asarray(Image.open(pred / "predictions" / f"{row['case']}_gradcam.png"))
+        assert overlay.shape == (128, 128, 3)  # 32 x 32 network input, enlarged 4x
+    assert not list(pred.rglob(".*.tmp*")) and not list(out.rglob(".*.tmp*"))
+
+
+def test_evaluate_without_checkpoint_fails_clearly(tiny_data, tmp_path):
+    out = tmp_path / "fresh"
+    proc = run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "evaluate", "tiny"),
+                             "--dataset_dir", tiny_data, "--output_dir", out], expect_ok=False)
+    assert proc.returncode != 0
+    assert f"checkpoint {out}/models/model.pt does not exist: train first" in proc.stdout + proc.stderr
+    assert not (out / "metrics.json").exists()
+
+
+def test_torchrun_two_processes_checkpoint_loads_single_process(tiny_data, tmp_path):
+    out = tmp_path / "ddp"
+    prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+              "-m", "monai.bundle"]
+    run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "multi_gpu_train", "tiny"),
+                      "--dataset_dir", tiny_data, "--output_dir", out, "--epochs", 1], prefix=prefix,
+                     env={"OMP_NUM_THREADS": "1"})
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["checkpoint_epoch=1.pt", "model.pt"]
+    tiny = json.loads((REPO / "bundles" / AREA / "configs" / "tiny.json").read_text())
+    net = mod("networks").HadushCNN(channels=tiny["channels"], hidden=tiny["hidden"])
+    net.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu"))
+    net.eval()
+    assert net(torch.rand(1, 1, 32, 32)).shape == (1, 2)
