@@ -146,3 +146,38 @@ def mass_corr(rows: Sequence[Mapping[str, Any]]) -> float | None:
 def mass_bias(rows: Sequence[Mapping[str, Any]]) -> float | None:
     """Mean (predicted - true) myocardial mass, g."""
     return _bias(rows, "myo_mass_g")
+
+
+class CaseRows:
+    """``case_rows`` of ``common.handlers.EvaluationWriter`` (see :func:`case_rows`) that also writes an overlay PNG
+    (image, ground truth, prediction on the mid-ventricular ED slice) for the first ``max_overlays`` patients."""
+
+    def __init__(self, overlay_dir: str | None = None, max_overlays: int = 3) -> None:
+        self.overlay_dir = overlay_dir
+        self.max_overlays = int(max_overlays)
+        self.written = 0
+
+    def __call__(self, engine: Any) -> list[dict[str, Any]]:
+        if self.overlay_dir is not None and self.written < self.max_overlays:
+            for batch, output in zip(engine.state.batch, engine.state.output):
+                if str(batch["phase"]) == "ED" and self.written < self.max_overlays:
+                    self._overlay(str(batch["patient"]), batch, output)
+        return case_rows(engine)
+
+    def _overlay(self, patient: str, batch: Any, output: Any) -> None:
+        import nibabel as nib
+        from common.overlays import middle_slice, save_overlay_png
+
+        pred = output["pred"].argmax(0).cpu().numpy()
+        truth = output["label"].argmax(0).cpu().numpy()
+        source = getattr(batch["image"], "meta", {}).get("filename_or_obj")
+        if not source:
+            return
+        image = np.asarray(nib.load(str(source)).dataobj, dtype=np.float32)
+        if image.shape != truth.shape:
+            return
+        z = middle_slice(truth, axis=-1, mask=truth > 0)
+        save_overlay_png(image[..., z].T, truth[..., z].T, pred[..., z].T,
+                         f"{self.overlay_dir}/{patient}_ED_slice{z}.png", title=f"{patient} ED, slice {z}",
+                         class_names={1: "RV", 2: "MYO", 3: "LV"})
+        self.written += 1

@@ -1,0 +1,74 @@
+"""Whole-volume prediction over a folder of BraTS cases, one NIfTI label map per case in the input's geometry.
+
+Each case folder ``I/<case>/<case>_{t1,t1ce,t2,flair}.nii.gz`` (labels, if present, are ignored) gives
+``<output_dir>/predictions/<case>_pred.nii.gz``: BraTS labels {0, 1 NCR, 2 ED, 4 ET} (uint8), with the T1 file's
+shape, affine and voxel size. A case with a bad input is reported and skipped; the others are still predicted, and
+the run then fails naming every bad case (``common.validation.run_each``). Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.checkpoint import load_network_weights
+from common.io import save_nifti
+from common.validation import Problems, check_dir, run_each
+
+from .data import case_dirs, case_item, validate_items
+
+logger = logging.getLogger(__name__)
+
+
+def predict_case(item: dict[str, Any], network: torch.nn.Module, preprocessing: Callable, inferer: Callable,
+                 postprocessing: Callable, device: torch.device) -> np.ndarray:
+    """The BraTS label map (HWD, uint8) of one case, in the grid of its input files."""
+    data = preprocessing({"image": item["image"]})
+    with torch.no_grad():
+        data["pred"] = inferer(data["image"][None].to(device), network)[0].cpu()
+    data = postprocessing(data)
+    return np.asarray(torch.as_tensor(data["pred"]).numpy()[0], dtype=np.uint8)
+
+
+def predict_folder(input_dir: str, output_dir: str, network: torch.nn.Module, ckpt_path: str,
+                   preprocessing: Callable, inferer: Callable, postprocessing: Callable,
+                   device: torch.device | str = "cpu") -> list[str]:
+    """Predict every case folder of ``input_dir`` into ``<output_dir>/predictions/``.
+
+    Raises:
+        common.checkpoint.CheckpointError: ``ckpt_path`` is missing or does not fit (before any case is read).
+        common.validation.DatasetError: ``input_dir`` is missing or holds no case folder.
+        common.validation.BatchFailure: after the good cases were written, naming every case that failed.
+    """
+    import nibabel as nib
+
+    input_dir, output_dir, device = str(input_dir), str(output_dir), torch.device(device)
+    load_network_weights(network, str(ckpt_path))
+    network.to(device).eval()
+    problems = Problems(f"brain inference input {input_dir}")
+    cases = case_dirs(input_dir) if check_dir(input_dir, problems, "input folder", "--input_dir") else []
+    if not problems and not cases:
+        problems.add(input_dir, "no case folders (expected <case>/<case>_{t1,t1ce,t2,flair}.nii.gz)")
+    problems.raise_if_any()
+    out = Path(output_dir) / "predictions"
+
+    def one(case_dir: Path) -> str:
+        item = case_item(case_dir, with_label=False)
+        validate_items([item], f"brain case {case_dir}")
+        start = time.perf_counter()
+        label = predict_case(item, network, preprocessing, inferer, postprocessing, device)
+        reference = nib.load(item["image"][0])
+        if label.shape != reference.shape:
+            raise RuntimeError(f"prediction shape {label.shape} differs from the input {reference.shape}")
+        path = out / f"{item['case']}_pred.nii.gz"
+        save_nifti(label, reference.affine, path, header=reference.header)
+        logger.info("%s: %s (%.1f s)", item["case"], path, time.perf_counter() - start)
+        return str(path)
+
+    return run_each(cases, one, name_of=lambda p: str(p), what="brain inference")

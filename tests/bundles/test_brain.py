@@ -1,0 +1,375 @@
+"""Brain bundle: phantom, label/region conventions, metrics, NIfTI geometry, bad inputs, distributed training.
+
+Whole workflows run in subprocesses (each bundle's ``scripts`` package needs its own interpreter); one tiny dataset
+and one tiny trained checkpoint are shared by the module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, config_list, run_monai_bundle
+
+AREA = "brain"
+TINY = json.loads((REPO / "bundles" / AREA / "configs" / "tiny.json").read_text())
+SEQUENCES = ("t1", "t1ce", "t2", "flair")
+
+
+@pytest.fixture(scope="module")
+def mods():
+    from conftest import import_bundle_module
+
+    return {name: import_bundle_module(AREA, name) for name in ("phantom", "data", "transforms", "metrics", "inference")}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """Four tiny synthetic cases written through the bundle's own synthesize command."""
+    data = tmp_path_factory.mktemp("brain") / "data"
+    run_monai_bundle(["run", "--config_file", config_list(AREA, "synthesize", "tiny"), "--dataset_dir", data,
+                      "--seed", 0])
+    return data
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("brain_out")
+    run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "tiny"), "--dataset_dir", tiny_data,
+                      "--output_dir", out, "--epochs", 1])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# phantom
+# ---------------------------------------------------------------------------------------------------------------------
+def test_phantom_is_deterministic_and_seeded(mods):
+    phantom = mods["phantom"]
+    a_images, a_label, a_affine = phantom.make_case(3, 1, spacing=7.0)
+    b_images, b_label, b_affine = phantom.make_case(3, 1, spacing=7.0)
+    c_images, c_label, _ = phantom.make_case(4, 1, spacing=7.0)
+    for seq in SEQUENCES:
+        np.testing.assert_array_equal(a_images[seq], b_images[seq])
+    np.testing.assert_array_equal(a_label, b_label)
+    np.testing.assert_array_equal(a_affine, b_affine)
+    assert not np.array_equal(a_images["flair"], c_images["flair"]), "another seed must give another case"
+
+
+def test_phantom_layout_and_label_convention(tiny_data):
+    cases = sorted(p.name for p in tiny_data.iterdir())
+    assert cases == [f"BraTS2021_{i:05d}" for i in range(TINY["num_cases"])]
+    for case in cases:
+        names = sorted(p.name for p in (tiny_data / case).iterdir())
+        assert names == sorted(f"{case}_{s}.nii.gz" for s in (*SEQUENCES, "seg"))
+        seg = nib.load(tiny_data / case / f"{case}_seg.nii.gz")
+        t1 = nib.load(tiny_data / case / f"{case}_t1.nii.gz")
+        assert seg.shape == t1.shape and np.allclose(seg.affine, t1.affine)
+        assert nib.aff2axcodes(t1.affine) == ("L", "P", "S"), "written with the BraTS-like LPS affine"
+        values = set(np.unique(np.asarray(seg.dataobj)).tolist())
+        assert values <= {0, 1, 2, 4} and 2 in values, f"{case}: labels {values}"
+
+
+def test_phantom_subregions_need_several_sequences(mods):
+    """ET stands out from oedema only on T1ce; oedema from ET on FLAIR; the core from oedema on T1ce and T2."""
+    images, label, _ = mods["phantom"].make_case(0, 0, spacing=3.0)
+    mean = {s: {k: float(images[s][label == v].mean()) for k, v in (("ncr", 1), ("ed", 2), ("et", 4))}
+            for s in SEQUENCES}
+    assert mean["t1ce"]["et"] > 1.8 * mean["t1ce"]["ed"]
+    assert mean["t1"]["et"] < 1.4 * mean["t1"]["ed"]
+    assert mean["flair"]["ed"] > 1.05 * mean["flair"]["et"]
+    assert mean["t1ce"]["ncr"] < 0.8 * mean["t1ce"]["ed"] and mean["t2"]["ncr"] > mean["t2"]["ed"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# label ↔ region conventions and metrics
+# ---------------------------------------------------------------------------------------------------------------------
+def test_label_region_round_trip(mods):
+    from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
+
+    rng = np.random.default_rng(0)
+    label = rng.choice(np.array([0, 1, 2, 4], dtype=np.uint8), size=(1, 6, 5, 4))
+    regions = ConvertToMultiChannelBasedOnBratsClasses()(torch.as_tensor(label))
+    back = mods["transforms"].RegionsToBratsLabels()(regions.float())
+    np.testing.assert_array_equal(np.asarray(back), label)
+    np.testing.assert_array_equal(mods["metrics"].labels_to_regions(label[0]), np.asarray(regions).astype(bool))
+
+
+def test_regions_to_labels_by_hand(mods):
+    regions = torch.zeros(3, 1, 1, 4)
+    regions[:, 0, 0, 0] = torch.tensor([1.0, 1.0, 1.0])  # TC, WT, ET → 4
+    regions[:, 0, 0, 1] = torch.tensor([1.0, 1.0, 0.0])  # TC, WT → 1
+    regions[:, 0, 0, 2] = torch.tensor([0.0, 1.0, 0.0])  # WT only → 2
+    regions[:, 0, 0, 3] = torch.tensor([0.0, 0.0, 1.0])  # ET outside WT: still enhancing tumour → 4
+    assert mods["transforms"].RegionsToBratsLabels()(regions)[0, 0, 0].tolist() == [4, 1, 2, 4]
+    with pytest.raises(ValueError, match="3 region channels"):
+        mods["transforms"].RegionsToBratsLabels()(torch.zeros(2, 2, 2, 2))
+
+
+def test_dice_and_hd95_by_hand(mods):
+    m = mods["metrics"]
+    a = np.zeros((10, 1, 1), bool)
+    b = np.zeros((10, 1, 1), bool)
+    a[2:6] = True  # 4 voxels
+    b[4:8] = True  # 4 voxels, 2 shared
+    assert m.dice(a, b) == pytest.approx(2 * 2 / 8)
+    assert m.dice(np.zeros_like(a), np.zeros_like(b)) == 1.0
+    assert m.dice(a, np.zeros_like(b)) == 0.0
+    # a 1-voxel-thick line is all surface: a = {2..5}, b = {4..7}; distances a→b = {2, 1, 0, 0} voxels = {6, 3, 0, 0}
+    # mm along axis 0 (3 mm); linear 95th percentile of [0, 0, 3, 6] = 3 + 0.85 * 3 = 5.55; b→a is symmetric
+    assert m.hd95(a, b, spacing=(3.0, 1.0, 1.0)) == pytest.approx(5.55, abs=1e-4)
+    assert m.hd95(a, np.zeros_like(b), spacing=(1, 1, 1)) is None
+    row = m.region_metrics(np.stack([a, a, np.zeros_like(a)]), np.stack([b, b, np.zeros_like(b)]), (1, 1, 1))
+    assert row["dice_et"] == 1.0 and row["hd95_et"] is None
+    assert row["mean_dice"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# configs
+# ---------------------------------------------------------------------------------------------------------------------
+def test_network_defined_identically_in_train_and_inference():
+    from monai.bundle import ConfigParser
+
+    nets = []
+    for name in ("train", "inference"):
+        parser = ConfigParser()
+        parser.read_config(str(REPO / "bundles" / AREA / "configs" / f"{name}.json"))
+        parser.parse()
+        net = parser.get_parsed_content("network_def")
+        nets.append((repr(net), sum(p.numel() for p in net.parameters())))
+        out = net(torch.zeros(1, 4, 16, 16, 16))
+        assert tuple(out.shape) == (1, 3, 16, 16, 16)
+    assert nets[0] == nets[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# workflows: training split, evaluation in the input's grid, prediction geometry
+# ---------------------------------------------------------------------------------------------------------------------
+def test_training_writes_split_and_checkpoint(trained, tiny_data):
+    split = json.loads((trained / "splits.json").read_text())
+    assert sorted(split["train"] + split["validation"]) == sorted(p.name for p in tiny_data.iterdir())
+    assert not set(split["train"]) & set(split["validation"])
+    state = torch.load(trained / "models" / "model.pt", map_location="cpu")
+    assert any(k.endswith("conv_final.2.conv.weight") for k in state)
+
+
+def test_evaluate_and_inference_geometry(trained, tiny_data, tmp_path):
+    out = tmp_path / "eval"
+    shutil.copytree(trained / "models", out / "models")
+    run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "evaluate", "tiny"),
+                      "--dataset_dir", tiny_data, "--output_dir", out])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["key_metric"] == "mean_dice" and metrics["num_cases"] == TINY["num_cases"]
+    for name in ("dice_tc", "dice_wt", "dice_et", "hd95_tc", "hd95_wt", "hd95_et"):
+        assert name in metrics and f"{name}_ci95" in metrics
+    assert list((out / "overlays").glob("*.png")), "evaluate writes prediction overlays"
+
+    pred = tmp_path / "pred"
+    # inference reads only the four sequences: remove the labels from a copy of the input
+    inp = tmp_path / "input"
+    shutil.copytree(tiny_data, inp)
+    for seg in inp.glob("*/*_seg.nii.gz"):
+        seg.unlink()
+    run_monai_bundle(["run", "--config_file", config_list(AREA, "inference", "tiny"), "--input_dir", inp,
+                      "--output_dir", pred, "--ckpt_path", trained / "models" / "model.pt"])
+    for case in sorted(p.name for p in inp.iterdir()):
+        written = nib.load(pred / "predictions" / f"{case}_pred.nii.gz")
+        reference = nib.load(inp / case / f"{case}_t1.nii.gz")
+        assert written.shape == reference.shape
+        np.testing.assert_allclose(written.affine, reference.affine, atol=1e-5)
+        assert written.get_data_dtype() == np.uint8
+        assert set(np.unique(np.asarray(written.dataobj)).tolist()) <= {0, 1, 2, 4}
+
+
+def test_inference_without_checkpoint_is_a_clear_error(tiny_data, tmp_path):
+    proc = run_monai_bundle(["run", "--config_file", config_list(AREA, "inference", "tiny"), "--input_dir",
+                             tiny_data, "--output_dir", tmp_path / "pred", "--ckpt_path", tmp_path / "none.pt"],
+                            expect_ok=False)
+    assert proc.returncode != 0
+    assert "none.pt does not exist" in proc.stderr + proc.stdout
+    assert not (tmp_path / "pred" / "predictions").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bad input: each problem names the case and file, before any compute; nothing half-written
+# ---------------------------------------------------------------------------------------------------------------------
+def _copy_case(src: Path, dst_root: Path) -> Path:
+    dst = dst_root / src.name
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _save(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+
+
+def _missing_sequence(case: Path) -> str:
+    (case / f"{case.name}_t1ce.nii.gz").unlink()
+    return f"{case.name}_t1ce.nii.gz"
+
+
+def _shape_mismatch(case: Path) -> str:
+    ref = nib.load(case / f"{case.name}_t1.nii.gz")
+    _save(case / f"{case.name}_t2.nii.gz", np.zeros(tuple(s + 1 for s in ref.shape), np.float32), ref.affine)
+    return f"{case.name}_t2.nii.gz"
+
+
+def _affine_mismatch(case: Path) -> str:
+    ref = nib.load(case / f"{case.name}_t1.nii.gz")
+    _save(case / f"{case.name}_flair.nii.gz", np.asarray(ref.dataobj, np.float32), ref.affine @ np.diag([2, 1, 1, 1]))
+    return f"{case.name}_flair.nii.gz"
+
+
+def _bad_label_value(case: Path) -> str:
+    ref = nib.load(case / f"{case.name}_seg.nii.gz")
+    data = np.asarray(ref.dataobj).copy()
+    data[0, 0, 0] = 3
+    _save(case / f"{case.name}_seg.nii.gz", data, ref.affine)
+    return f"{case.name}_seg.nii.gz"
+
+
+def _nan_voxels(case: Path) -> str:
+    ref = nib.load(case / f"{case.name}_t1.nii.gz")
+    data = np.asarray(ref.dataobj, np.float32).copy()
+    data[1, 1, 1] = np.nan
+    _save(case / f"{case.name}_t1.nii.gz", data, ref.affine)
+    return f"{case.name}_t1.nii.gz"
+
+
+def _unreadable(case: Path) -> str:
+    (case / f"{case.name}_flair.nii.gz").write_bytes(b"this is not a NIfTI file at all")
+    return f"{case.name}_flair.nii.gz"
+
+
+def _truncated(case: Path) -> str:
+    path = case / f"{case.name}_t2.nii.gz"
+    path.write_bytes(path.read_bytes()[:200])
+    return f"{case.name}_t2.nii.gz"
+
+
+def _empty_file(case: Path) -> str:
+    (case / f"{case.name}_t1.nii.gz").write_bytes(b"")
+    return f"{case.name}_t1.nii.gz"
+
+
+def _four_d(case: Path) -> str:
+    ref = nib.load(case / f"{case.name}_t1ce.nii.gz")
+    _save(case / f"{case.name}_t1ce.nii.gz", np.zeros((*ref.shape, 2), np.float32), ref.affine)
+    return f"{case.name}_t1ce.nii.gz"
+
+
+def _missing_label(case: Path) -> str:
+    (case / f"{case.name}_seg.nii.gz").unlink()
+    return f"{case.name}_seg.nii.gz"
+
+
+BAD_INPUTS = {
+    "missing sequence": (_missing_sequence, "missing"),
+    "missing label": (_missing_label, "missing"),
+    "shape mismatch": (_shape_mismatch, "shape"),
+    "affine mismatch": (_affine_mismatch, "affine"),
+    "label outside {0,1,2,4}": (_bad_label_value, "label values {3}"),
+    "NaN voxels": (_nan_voxels, "NaN"),
+    "unreadable file": (_unreadable, "not a readable NIfTI"),
+    "truncated file": (_truncated, "not a readable NIfTI"),
+    "empty file": (_empty_file, "empty"),
+    "4D sequence": (_four_d, "3D volume"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_input_is_reported_with_case_and_file(name, mods, tiny_data, tmp_path):
+    from common.validation import DatasetError
+
+    spoil, expected = BAD_INPUTS[name]
+    root = tmp_path / "data"
+    good = _copy_case(tiny_data / "BraTS2021_00000", root)
+    bad = _copy_case(tiny_data / "BraTS2021_00001", root)
+    filename = spoil(bad)
+    out = tmp_path / "out"
+    with pytest.raises(DatasetError) as err:
+        mods["data"].training_split(root, output_dir=out, val_fraction=0.5, seed=0)
+    message = str(err.value)
+    assert filename in message and bad.name in message and expected in message, message
+    assert good.name + "_" not in message, "only the bad case is reported"
+    assert not out.exists(), "nothing is written when the data is bad"
+
+
+def test_every_problem_is_reported_at_once(mods, tiny_data, tmp_path):
+    from common.validation import DatasetError
+
+    root = tmp_path / "data"
+    names = [_missing_sequence(_copy_case(tiny_data / "BraTS2021_00000", root)),
+             _bad_label_value(_copy_case(tiny_data / "BraTS2021_00001", root))]
+    with pytest.raises(DatasetError) as err:
+        mods["data"].load_cases(root)
+    assert all(n in str(err.value) for n in names) and "2 problem(s)" in str(err.value)
+
+
+def test_empty_or_missing_dataset_dir(mods, tmp_path):
+    from common.validation import DatasetError
+
+    with pytest.raises(DatasetError, match="no cases found"):
+        mods["data"].load_cases(tmp_path)
+    with pytest.raises(DatasetError, match=r"does not exist \(set --dataset_dir\)"):
+        mods["data"].load_cases(tmp_path / "nowhere")
+
+
+def test_training_on_bad_data_fails_before_training(tiny_data, tmp_path):
+    root = tmp_path / "data"
+    for i in range(2):
+        _copy_case(tiny_data / f"BraTS2021_{i:05d}", root)
+    filename = _nan_voxels(root / "BraTS2021_00001")
+    proc = run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "tiny"), "--dataset_dir", root,
+                             "--output_dir", tmp_path / "out"], expect_ok=False)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert filename in text and "NaN" in text
+    assert "Epoch: 1/" not in text, "no training iteration may run on bad data"
+    assert not (tmp_path / "out" / "models").exists()
+
+
+def test_inference_skips_a_bad_case_and_fails_naming_it(mods, trained, tiny_data, tmp_path):
+    from common.validation import BatchFailure
+    from monai.bundle import ConfigParser
+
+    inp = tmp_path / "input"
+    _copy_case(tiny_data / "BraTS2021_00000", inp)
+    filename = _missing_sequence(_copy_case(tiny_data / "BraTS2021_00001", inp))
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundles" / AREA / "configs" / n) for n in ("inference.json", "tiny.json")])
+    parser.update({"input_dir": str(inp), "output_dir": str(tmp_path / "pred"),
+                   "ckpt_path": str(trained / "models" / "model.pt")})
+    parser.parse()
+    with pytest.raises(BatchFailure) as err:
+        parser.get_parsed_content("predict")()
+    assert filename in str(err.value) and "1 input(s) failed (1 processed)" in str(err.value)
+    written = sorted(p.name for p in (tmp_path / "pred" / "predictions").iterdir())
+    assert written == ["BraTS2021_00000_pred.nii.gz"], "good case written, bad one not, no temporary file left"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# distributed: two CPU processes (gloo); the checkpoint loads into the single-process network
+# ---------------------------------------------------------------------------------------------------------------------
+def test_torchrun_two_processes(tiny_data, tmp_path):
+    out = tmp_path / "ddp"
+    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+              "monai.bundle"]
+    run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "multi_gpu_train", "tiny"),
+                      "--dataset_dir", tiny_data, "--output_dir", out, "--epochs", 1], prefix=prefix,
+                     env={"OMP_NUM_THREADS": "1"})
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundles" / AREA / "configs" / n) for n in ("inference.json", "tiny.json")])
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu"))
+    assert [p.name for p in (out / "models").iterdir() if p.name.startswith("checkpoint_")] == ["checkpoint_epoch=1.pt"]
+    assert os.path.isfile(out / "splits.json")
