@@ -1,4 +1,4 @@
-"""Fixtures shared by every test module.
+"""Fixtures shared by every test module; the helpers behind them are in ``bundle_harness.py``.
 
 Each bundle has a package named ``scripts`` (as in the Model Zoo), so two bundles' ``scripts`` cannot live in one
 interpreter at once: ``bundle_module`` swaps them in and out of ``sys.modules``, and whole workflows run in
@@ -7,33 +7,9 @@ subprocesses through ``run_bundle``.
 
 from __future__ import annotations
 
-import importlib
-import os
-import subprocess
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-BUNDLES = REPO / "bundles"
-SHARED = REPO.parent / "shared"
-SCHEMA = SHARED / "schemas" / "meta_schema_20240725.json"
-
-
-def import_bundle_module(area: str, module: str) -> ModuleType:
-    """Import ``bundles/<area>/scripts/<module>.py`` as ``scripts.<module>``, evicting another bundle's ``scripts``."""
-    root = str(BUNDLES / area)
-    loaded = sys.modules.get("scripts")
-    if loaded is not None and not str(getattr(loaded, "__file__", "")).startswith(root + os.sep):
-        for name in [n for n in sys.modules if n == "scripts" or n.startswith("scripts.")]:
-            del sys.modules[name]
-    sys.path.insert(0, root)
-    try:
-        return importlib.import_module(f"scripts.{module}")
-    finally:
-        sys.path.remove(root)
+from bundle_harness import import_bundle_module, run_monai_bundle
 
 
 @pytest.fixture
@@ -42,24 +18,7 @@ def bundle_module():
     return import_bundle_module
 
 
-def run_monai_bundle(args: list[str], cwd: str | os.PathLike | None = None, expect_ok: bool = True,
-                     timeout: float = 900, env: dict | None = None, prefix: list[str] | None = None):
-    """Run ``python -m monai.bundle <args>`` (or ``prefix + args``) in a subprocess from the repository root."""
-    command = (prefix or [sys.executable, "-m", "monai.bundle"]) + [str(a) for a in args]
-    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
-    proc = subprocess.run(command, cwd=str(cwd or REPO), capture_output=True, text=True, timeout=timeout, env=full_env)
-    if expect_ok and proc.returncode != 0:
-        pytest.fail(f"command failed ({proc.returncode}): {' '.join(command)}\n--- stdout (tail)\n{proc.stdout[-4000:]}"
-                    f"\n--- stderr (tail)\n{proc.stderr[-6000:]}")
-    return proc
-
-
 @pytest.fixture
 def run_bundle():
     """``run_bundle(args, cwd=None, expect_ok=True, timeout=900, env=None, prefix=None)``; see ``run_monai_bundle``."""
     return run_monai_bundle
-
-
-def config_list(area: str, *names: str) -> str:
-    """The ``--config_file`` value merging ``bundles/<area>/configs/<name>.json`` in order."""
-    return "[" + ",".join(f"'bundles/{area}/configs/{n}.json'" for n in names) + "]"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUNDLES, REPO, SCHEMA, config_list, run_monai_bundle
+from bundle_harness import BUNDLES, REPO, SCHEMA, config_list, run_monai_bundle
 
 AREAS = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "metadata.json").is_file()) if BUNDLES.is_dir() else []
 CONTRACT_FILES = ("metadata.json", "train.json", "evaluate.json", "inference.json", "multi_gpu_train.json",

@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from conftest import BUNDLES, REPO, config_list, run_monai_bundle
+from bundle_harness import BUNDLES, REPO, config_list, run_monai_bundle
 
 AREAS = [a for a in ("eye", "brain") if (BUNDLES / a / "configs" / "tiny.json").is_file()]
 pytestmark = pytest.mark.skipif(not AREAS, reason="neither the eye nor the brain bundle is present")

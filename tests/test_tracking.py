@@ -256,7 +256,7 @@ def _wired(area: str) -> bool:
 def test_real_bundle_over_http(area, tracked, tmp_path, run_bundle):
     if not _wired(area):
         pytest.skip(f"bundles/{area} does not attach common.tracking.MLflowRunRecorder yet")
-    from conftest import config_list
+    from bundle_harness import config_list
 
     data, out = tmp_path / "data", tmp_path / "out"
     run_bundle(["run", "--config_file", config_list(area, "synthesize", "tiny"), "--dataset_dir", data, "--seed", 0],

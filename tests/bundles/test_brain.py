@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, config_list, run_monai_bundle
+from bundle_harness import REPO, config_list, run_monai_bundle
 
 AREA = "brain"
 TINY = json.loads((REPO / "bundles" / AREA / "configs" / "tiny.json").read_text())
@@ -26,7 +26,7 @@ SEQUENCES = ("t1", "t1ce", "t2", "flair")
 
 @pytest.fixture(scope="module")
 def mods():
-    from conftest import import_bundle_module
+    from bundle_harness import import_bundle_module
 
     return {name: import_bundle_module(AREA, name) for name in ("phantom", "data", "transforms", "metrics", "inference")}
 

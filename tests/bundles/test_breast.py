@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, config_list, import_bundle_module, run_monai_bundle
+from bundle_harness import REPO, config_list, import_bundle_module, run_monai_bundle
 
 AREA = "breast"
 TRAIN_CSV, TEST_CSV = "mass_case_description_train_set.csv", "mass_case_description_test_set.csv"

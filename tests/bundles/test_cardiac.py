@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO, config_list, import_bundle_module, run_monai_bundle
+from bundle_harness import REPO, config_list, import_bundle_module, run_monai_bundle
 
 AREA = "cardiac"
 CONFIGS = REPO / "bundles" / AREA / "configs"

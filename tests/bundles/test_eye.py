@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, SCHEMA, config_list, import_bundle_module, run_monai_bundle
+from bundle_harness import REPO, SCHEMA, config_list, import_bundle_module, run_monai_bundle
 
 AREA = "eye"
 CONFIGS = REPO / "bundles" / AREA / "configs"

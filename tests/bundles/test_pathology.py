@@ -18,7 +18,7 @@ import pytest
 import tifffile
 import torch
 
-from conftest import REPO, config_list, import_bundle_module, run_monai_bundle
+from bundle_harness import REPO, config_list, import_bundle_module, run_monai_bundle
 
 AREA = "pathology"
 TINY = json.loads((REPO / "bundles" / AREA / "configs" / "tiny.json").read_text())
