@@ -2,7 +2,7 @@
 
 A tiny training of 3 epochs is killed with SIGKILL as soon as the checkpoint of epoch 1 is on disk (so during
 epoch 2); the checkpoint written before the kill must still load, and ``--resume true`` must finish the 3 epochs.
-A corrupt newest checkpoint gives a clear error naming it, and the earlier checkpoint is left intact.
+Then the newest checkpoint is truncated: resuming gives a clear error naming it, and the earlier one is left intact.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ def dataset(request, tmp_path_factory):
     return area, data
 
 
-def train_args(area, data, out, *extra):
+def train_args(area, data, out, *extra, epochs=3):
     return [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_list(area, "train", "tiny"),
-            "--dataset_dir", str(data), "--output_dir", str(out), "--epochs", "3", "--val_interval", "1", *extra]
+            "--dataset_dir", str(data), "--output_dir", str(out), "--epochs", str(epochs), "--val_interval", "1", *extra]
 
 
-def test_sigkill_during_epoch_2_then_resume(dataset, tmp_path):
+def test_sigkill_during_epoch_2_then_resume_and_corrupt_checkpoint(dataset, tmp_path):
     area, data = dataset
     out = tmp_path / "out"
     first = out / "models" / "checkpoint_epoch=1.pt"
@@ -62,15 +62,11 @@ def test_sigkill_during_epoch_2_then_resume(dataset, tmp_path):
     assert "resumed from" in resumed.stdout + resumed.stderr
     assert (out / "models" / "model.pt").is_file()
 
-
-def test_corrupt_checkpoint_gives_clear_error_and_keeps_previous(dataset, tmp_path):
-    area, data = dataset
-    out = tmp_path / "out"
-    run_monai_bundle(train_args(area, data, out)[3:-4] + ["--epochs", "2"], cwd=REPO)
-    newest, previous = out / "models" / "checkpoint_epoch=2.pt", out / "models" / "checkpoint_epoch=1.pt"
+    # a damaged newest checkpoint: a clear error naming it, and the one before it left intact
+    newest, previous = out / "models" / "checkpoint_epoch=3.pt", out / "models" / "checkpoint_epoch=2.pt"
     payload = newest.read_bytes()
     newest.write_bytes(payload[: len(payload) // 2])
-    failed = run_monai_bundle(train_args(area, data, out, "--resume", "true")[3:], cwd=REPO, expect_ok=False)
+    failed = run_monai_bundle(train_args(area, data, out, "--resume", "true", epochs=4)[3:], cwd=REPO, expect_ok=False)
     assert failed.returncode != 0
-    assert "checkpoint_epoch=2.pt" in failed.stderr and "corrupt" in failed.stderr
-    assert torch.load(previous, map_location="cpu", weights_only=False)["epoch"] == 1
+    assert "checkpoint_epoch=3.pt" in failed.stderr and "corrupt" in failed.stderr
+    assert torch.load(previous, map_location="cpu", weights_only=False)["epoch"] == 2
