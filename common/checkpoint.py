@@ -8,6 +8,7 @@ a GPU-trained checkpoint loads on a CPU-only machine.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -19,7 +20,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from common.distributed import is_rank0
-from common.io import atomic_path
+from common.io import atomic_path, write_json
 
 logger = logging.getLogger(__name__)
 FORMAT = "common.checkpoint/1"
@@ -198,21 +199,55 @@ class ResumableCheckpoint:
         logger.info("resumed from %s at epoch %d of %d", path, engine.state.epoch, engine.state.max_epochs)
 
 
+def settings_path(ckpt_path: str | Path) -> Path:
+    """The JSON file of training settings beside a model checkpoint: ``models/model.pt`` -> ``models/model.json``."""
+    return Path(str(ckpt_path)).with_suffix(".json")
+
+
+def model_setting(ckpt_path: str | Path, key: str, default: Any) -> Any:
+    """A setting recorded at training time beside ``ckpt_path`` (see :class:`BestModelSaver`), or ``default`` when
+    the checkpoint has no settings file (e.g. one trained elsewhere) or the file does not record ``key``.
+
+    Evaluation and inference use it so that preprocessing matches what the network was trained with, without the
+    user having to repeat the training flags.
+
+    Raises:
+        CheckpointError: the settings file exists but is not a JSON object.
+    """
+    path = settings_path(ckpt_path)
+    if not path.is_file():
+        logger.info("no training settings beside %s; using %s=%r", ckpt_path, key, default)
+        return default
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"training settings {path} are unreadable ({e}); delete the file or retrain") from e
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"training settings {path} must be a JSON object, got {type(settings).__name__}")
+    return settings.get(key, default)
+
+
 class BestModelSaver:
     """Save the network's state dict (CPU tensors) whenever the validator's key metric reaches a new best.
 
     Attach to the validation engine; MONAI's workflow updates ``best_metric_epoch`` before user handlers run.
+    ``settings`` (JSON-serialisable), when given, are written beside the model as ``<stem>.json`` (see
+    :func:`model_setting`): the state dict stays a plain one that MONAI's ``CheckpointLoader`` and ``ckpt_export`` load.
     """
 
-    def __init__(self, save_dir: str | Path, network: torch.nn.Module, filename: str = "model.pt") -> None:
+    def __init__(self, save_dir: str | Path, network: torch.nn.Module, filename: str = "model.pt",
+                 settings: dict[str, Any] | None = None) -> None:
         self.path = Path(str(save_dir)) / filename
         self.network = network
+        self.settings = None if settings is None else dict(settings)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
         if is_rank0() and engine.state.best_metric_epoch == engine.state.epoch:
+            if self.settings is not None:
+                write_json(settings_path(self.path), self.settings)
             save_atomic(cpu_state_dict(self.network), self.path)
             logger.info("saved best model (%s=%.4f, epoch %d) to %s", engine.state.key_metric_name,
                         float(engine.state.best_metric), engine.state.epoch, self.path)

@@ -375,6 +375,32 @@ def test_evaluate_writes_metrics_with_intervals(dataset, trained):
     assert len(rows) == metrics["num_cases"] and set(rows[0]) == {"case", "label", "prob_tumour", "pred"}
 
 
+def _parsed_stain_setting(configs: list[str], ckpt_path: Path, **overrides) -> bool:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundles" / AREA / "configs" / f"{c}.json") for c in configs])
+    parser["ckpt_path"] = str(ckpt_path)
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser.get_parsed_content("stain_normalisation")
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_evaluate_and_inference_use_the_stain_setting_the_model_was_trained_with(trained, tmp_path, recorded):
+    assert json.loads((trained / "models" / "model.json").read_text()) == {"stain_normalisation": True}
+    ckpt = tmp_path / "models" / "model.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes((trained / "models" / "model.pt").read_bytes())
+    (tmp_path / "models" / "model.json").write_text(json.dumps({"stain_normalisation": recorded}))
+    assert _parsed_stain_setting(["train", "evaluate"], ckpt) is recorded
+    assert _parsed_stain_setting(["inference"], ckpt) is recorded
+    # an explicit command-line value still wins, and a checkpoint without settings gets the default (on)
+    assert _parsed_stain_setting(["inference"], ckpt, stain_normalisation=not recorded) is (not recorded)
+    (tmp_path / "models" / "model.json").unlink()
+    assert _parsed_stain_setting(["train", "evaluate"], ckpt) is True
+
+
 def test_inference_heatmap_matches_the_slide(dataset, trained, tmp_path):
     out = tmp_path / "pred"
     run_monai_bundle(["run", "--config_file", config_list(AREA, "inference", "tiny"), "--input_dir", dataset,

@@ -11,7 +11,8 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from common.checkpoint import (FORMAT, BestModelSaver, CheckpointError, ResumableCheckpoint, cpu_state_dict,
-                               list_resumable, load_checkpoint, load_network_weights, save_atomic, unwrap)
+                               list_resumable, load_checkpoint, load_network_weights, model_setting, save_atomic,
+                               settings_path, unwrap)
 
 
 def tiny_net() -> nn.Module:
@@ -212,6 +213,31 @@ def test_best_model_saver_saves_only_on_a_new_best(tmp_path):
     saver(engine)
     assert all(torch.equal(torch.load(path, weights_only=True)[k], v) for k, v in network.state_dict().items())
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model.pt"]
+
+
+def test_best_model_saver_writes_settings_beside_a_plain_state_dict(tmp_path):
+    network = tiny_net()
+    saver = BestModelSaver(tmp_path / "models", network, settings={"stain_normalisation": False, "pixdim": [3, 3]})
+    saver(SimpleNamespace(state=SimpleNamespace(epoch=1, best_metric=0.5, best_metric_epoch=1, key_metric_name="auc")))
+    path = tmp_path / "models" / "model.pt"
+    assert settings_path(path) == tmp_path / "models" / "model.json"
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model.json", "model.pt"]
+    tiny_net().load_state_dict(torch.load(path, weights_only=True))  # still a plain state dict: strict load works
+    assert model_setting(path, "stain_normalisation", True) is False
+    assert model_setting(path, "pixdim", None) == [3, 3]
+    assert model_setting(path, "not_recorded", 7) == 7
+
+
+def test_model_setting_defaults_without_a_settings_file_and_names_a_bad_one(tmp_path):
+    path = tmp_path / "model.pt"
+    save_atomic(tiny_net().state_dict(), path)
+    assert model_setting(path, "stain_normalisation", True) is True
+    settings_path(path).write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=rf"training settings {settings_path(path)} must be a JSON object"):
+        model_setting(path, "stain_normalisation", True)
+    settings_path(path).write_text("{not json")
+    with pytest.raises(CheckpointError, match=rf"training settings {settings_path(path)} are unreadable"):
+        model_setting(path, "stain_normalisation", True)
 
 
 def test_best_model_saver_attaches_to_an_engine(tmp_path):

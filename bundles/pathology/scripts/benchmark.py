@@ -1,10 +1,10 @@
 """Benchmark of the pathology bundle on synthetic data, through the real bundle commands.
 
 Synthesizes a training set and a held-out set (different seeds; the held-out test split comes from a staining site
-never seen in training), trains with the demo settings with and without stain normalisation (the ablation),
-evaluates both on the held-out test split, fits the colour-statistics baseline (logistic regression on the mean and
-standard deviation of the H and E channels of ``skimage.color.rgb2hed``), measures inference throughput and the time
-for one ``--slide_size`` square slide, and writes everything to a JSON file.
+never seen in training), trains with the demo settings with and without stain normalisation (the ablation), once
+per training seed, evaluates every run on the held-out test split, fits the colour-statistics baseline (logistic
+regression on the mean and standard deviation of the H and E channels of ``skimage.color.rgb2hed``), measures
+inference throughput and the time for one ``--slide_size`` square slide, and writes everything to a JSON file.
 
 Run from the repository root:
     .venv/bin/python bundles/pathology/scripts/benchmark.py --work_dir /tmp/pathology_bench --output bench.json
@@ -71,32 +71,60 @@ def baseline_auc(train_dir: Path, test_dir: Path, normalise: bool, seed: int) ->
     return float(roc_auc_score(y_test, model.predict_proba(x_test)[:, 1]))
 
 
-def throughput(batch: int = 256) -> dict[str, float]:
-    """Patches per second of the network alone and with Macenko preprocessing (one process, default threads)."""
+def _median_rate(fn, items: int, repeats: int = 3) -> float:
+    """Items per second of ``fn()`` (median of ``repeats`` timed calls after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return items / float(np.median(times))
+
+
+def throughput(num_patches: int = 512, batch: int = 64) -> dict[str, float]:
+    """Inference speed in one process with torch's default threads, measured in one sweep:
+
+    * ``end_to_end_patches_per_s``: the bundle's own inference path (``inference.json``'s preprocessing with Macenko
+      normalisation, the network, sigmoid; ``scripts.inference.Predictor`` in batches of ``batch``) on uint8 patches
+      of the unseen site;
+    * ``network_patches_per_s`` and ``macenko_patches_per_s``: the two parts alone;
+    * ``peer_resnet18_224_patches_per_s``: the architecture of the Model Zoo's ``pathology_tumor_detection`` (ResNet18,
+      11.2 M parameters, MONAI's implementation) on 224 x 224 patches in batches of 64, as ANCHORS.md section 7 timed it,
+      so that the speed-up is read from the same sweep.
+    """
     import torch
+    from monai.bundle import ConfigParser
+    from monai.networks.nets import resnet18
+    from monai.transforms import Activations
 
     sys.path.insert(0, str(BUNDLE))
-    from scripts.networks import PatchClassifier
+    from scripts.inference import Predictor
     from scripts.phantom import make_split
     from scripts.tissue import TEST_SITE
     from scripts.transforms import MacenkoNormalize
 
-    net = PatchClassifier().eval()
-    x = torch.rand(batch, 3, 96, 96)
-    with torch.no_grad():
-        net(x)
-        start = time.perf_counter()
-        net(x)
-        net_rate = batch / (time.perf_counter() - start)
-    images, _ = make_split(np.random.default_rng(0), 64, (TEST_SITE,))
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["stain_normalisation"] = True
+    net = parser.get_parsed_content("network_def").eval()
+    predictor = Predictor(net, parser.get_parsed_content("preprocessing"), lambda x, n: n(x),
+                          Activations(sigmoid=True), torch.device("cpu"), batch)
+    images, _ = make_split(np.random.default_rng(0), num_patches, (TEST_SITE,))
     norm = MacenkoNormalize()
-    start = time.perf_counter()
-    for image in images:
-        norm(image)
-    norm_rate = len(images) / (time.perf_counter() - start)
-    return {"network_patches_per_s": net_rate, "macenko_patches_per_s": norm_rate,
-            "end_to_end_patches_per_s": 1.0 / (1.0 / net_rate + 1.0 / norm_rate),
-            "torch_threads": torch.get_num_threads()}
+    x = torch.rand(batch, 3, 96, 96)
+    peer = resnet18(spatial_dims=2, n_input_channels=3, num_classes=1).eval()
+    x_peer = torch.rand(64, 3, 224, 224)
+    with torch.no_grad():
+        result = {
+            "end_to_end_patches_per_s": _median_rate(lambda: predictor(images), num_patches),
+            "network_patches_per_s": _median_rate(lambda: net(x), batch),
+            "macenko_patches_per_s": _median_rate(lambda: [norm(i) for i in images], num_patches),
+            "peer_resnet18_224_patches_per_s": _median_rate(lambda: peer(x_peer), 64),
+        }
+    result["speedup_end_to_end_vs_peer"] = result["end_to_end_patches_per_s"] / result["peer_resnet18_224_patches_per_s"]
+    result["torch_threads"] = torch.get_num_threads()
+    return result
 
 
 def big_slide(path: Path, size: int, seed: int, block: int = 2048) -> float:
@@ -123,14 +151,20 @@ def main(args: argparse.Namespace) -> dict:
     if not (test_dir / "camelyonpatch_level_2_split_test_x.h5").exists():
         bundle_run(["synthesize"], "--dataset_dir", test_dir, "--num_cases", 2 * args.num_test, "--seed",
                    args.seed + 1, "--num_slides", 0)
+    seeds = [int(s) for s in str(args.train_seeds).split(",") if s.strip()]
     for name, normalise in (("with_stain_normalisation", True), ("without_stain_normalisation", False)):
-        out = work / name
-        train_s = bundle_run(["train"], "--dataset_dir", train_dir, "--output_dir", out,
-                             "--stain_normalisation", normalise)
-        eval_s = bundle_run(["train", "evaluate"], "--dataset_dir", test_dir, "--output_dir", out,
-                            "--stain_normalisation", normalise)
-        metrics = json.loads((out / "metrics.json").read_text())
-        results[name] = {"train_s": train_s, "evaluate_s": eval_s, **metrics}
+        runs = []
+        for train_seed in seeds:
+            out = work / name if train_seed == seeds[0] else work / f"{name}_seed{train_seed}"
+            train_s = bundle_run(["train"], "--dataset_dir", train_dir, "--output_dir", out,
+                                 "--stain_normalisation", normalise, "--seed", train_seed)
+            # no --stain_normalisation here: evaluation reads the setting recorded beside the checkpoint
+            eval_s = bundle_run(["train", "evaluate"], "--dataset_dir", test_dir, "--output_dir", out)
+            metrics = json.loads((out / "metrics.json").read_text())
+            runs.append({"seed": train_seed, "train_s": train_s, "evaluate_s": eval_s, **metrics})
+        aucs = [r["auc"] for r in runs]
+        results[name] = {**runs[0], "auc_over_seeds": aucs, "auc_mean_over_seeds": float(np.mean(aucs)),
+                         "auc_min_over_seeds": float(np.min(aucs)), "runs": runs}
     results["baseline_colour_stats_auc"] = baseline_auc(train_dir, test_dir, False, args.seed)
     results["baseline_colour_stats_auc_on_normalised"] = baseline_auc(train_dir, test_dir, True, args.seed)
     results["throughput"] = throughput()
@@ -154,6 +188,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_test", type=int, default=500, help="held-out test patches (unseen staining site)")
     parser.add_argument("--slide_size", type=int, default=8192, help="side of the slide timed for inference")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training set; held-out uses seed + 1")
+    parser.add_argument("--train_seeds", default="0,1,2",
+                        help="comma-separated training seeds (network initialisation, sampling, augmentation); "
+                             "each arm of the ablation is trained once per seed, since a network's behaviour on an "
+                             "unseen site varies from one training run to the next")
     return parser.parse_args(argv)
 
 
