@@ -127,6 +127,33 @@ def write_brats_size_case(folder: Path, seed: int = 7) -> Path:
     return folder / cid
 
 
+def peer_inference_seconds(repeats: int = 3) -> dict:
+    """Time the Model Zoo peer ``brats_mri_segmentation`` in this process, for a same-sweep speed comparison: its
+    network (SegResNet, init_filters 16, blocks_down (1, 2, 2, 4), 4.70 M parameters; weights do not change the
+    time) under its inferer (one 240 x 240 x 160 window) on a random 1 x 4 x 240 x 240 x 155 volume, as ANCHORS.md
+    section 7 timed it. Median of ``repeats`` runs after one warm-up run; peak RSS of this process."""
+    import resource
+
+    import torch
+    from monai.inferers import SlidingWindowInferer
+    from monai.networks.nets import SegResNet
+
+    net = SegResNet(blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1), init_filters=16, in_channels=4, out_channels=3,
+                    dropout_prob=0.2).eval()
+    inferer = SlidingWindowInferer(roi_size=(240, 240, 160), sw_batch_size=1, overlap=0.5)
+    volume = torch.rand(1, 4, 240, 240, 155)
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 1):
+            start = time.perf_counter()
+            inferer(volume, net)
+            if i:
+                times.append(time.perf_counter() - start)
+    return {"median_s": float(np.median(times)), "runs_s": times, "torch_threads": torch.get_num_threads(),
+            "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
+            "peak_rss_gib_this_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
 def trainer_seconds(log: Path) -> float | None:
     """The SupervisedTrainer's own run time (training + validation), from its log line."""
     found = re.findall(r"SupervisedTrainer - INFO - Engine run finished\. Time taken: (\d+):(\d+):([\d.]+)",
@@ -202,6 +229,11 @@ def main(argv: list[str] | None = None) -> dict:
             seconds = re.findall(r"BraTS2021_99999: .* \(([\d.]+) s\)", log.read_text())
             measured["case_s"] = float(seconds[-1]) if seconds else None
             result[f"inference_240x240x155_{name}"] = measured
+        result["peer_brats_mri_segmentation_inference_240x240x155"] = peer_inference_seconds()
+        ours = result["inference_240x240x155_default_pixdim"].get("case_s")
+        if ours:
+            result["speedup_vs_peer_default_pixdim"] = result["peer_brats_mri_segmentation_inference_240x240x155"][
+                "median_s"] / ours
     output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return result
