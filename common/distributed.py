@@ -58,7 +58,7 @@ def destroy_process_group() -> None:
     while its peer was still finishing the last validation was seen to abort at exit, about 1 run in 12:
     "terminate called without an active exception", SIGABRT), then ``torch.distributed.destroy_process_group``."""
     if is_distributed():
-        dist.barrier()
+        barrier()
         dist.destroy_process_group()
 
 
