@@ -261,13 +261,65 @@ def test_inference_bad_inputs(bundle_module, tiny_dir, tmp_path):
     with pytest.raises(Exception, match="checkpoint .*missing.pt does not exist"):
         inference.predict_folder(str(inputs), str(out), ckpt_path=str(tmp_path / "missing.pt"), **args)
     assert not out.exists()
-    with pytest.raises(FileNotFoundError, match="holds no fundus image"):
+    from common.validation import DatasetError
+
+    with pytest.raises(DatasetError, match="holds no fundus image"):
         inference.predict_folder(str(tmp_path), str(out), ckpt_path=str(ckpt), **args)
     with pytest.raises(RuntimeError) as info:  # BatchFailure: the good images are done, the bad one is named
         inference.predict_folder(str(inputs), str(out), ckpt_path=str(ckpt), **args)
     assert str(inputs / "03_bad.png") in str(info.value)
     assert sorted(p.name for p in (out / "predictions").iterdir()) == [
         "01_test_prob.png", "01_test_seg.png", "02_test_prob.png", "02_test_seg.png"]
+
+
+def test_every_input_file_is_predicted_or_named(bundle_module, tiny_dir, tmp_path, caplog):
+    """Issue 13 kind 6: a STARE .ppm (and any format Pillow reads, any case) is predicted; everything else in the
+    folder is named in a warning with the reason; hidden files are ignored silently; FOV masks are used."""
+    import logging
+
+    inference = bundle_module(AREA, "inference")
+    transforms = bundle_module(AREA, "transforms")
+    from monai.inferers import SlidingWindowInferer
+    from monai.transforms import Activationsd, AsDiscreted, Compose, CopyItemsd
+
+    rgb = np.asarray(Image.open(tiny_dir / "test/images/01_test.tif").convert("RGB"))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(rgb).save(inputs / "im0001.ppm")  # STARE
+    Image.fromarray(rgb[..., 1]).save(inputs / "im0002.PGM")  # grey, upper case
+    Image.fromarray(rgb).save(inputs / "im0003.bmp")
+    Image.fromarray(rgb).save(inputs / "Image_01L.JPG", format="JPEG")  # CHASE, upper case
+    Image.fromarray(rgb[..., 0]).save(inputs / "im0001.ah.ppm")  # STARE annotation
+    Image.fromarray(rgb[..., 0]).save(inputs / "Image_01L_1stHO.png")  # CHASE annotation
+    Image.fromarray(np.full(rgb.shape[:2], 255, np.uint8)).save(inputs / "im0003_mask.gif")  # FOV of im0003
+    (inputs / "notes.txt").write_text("acquired 2024")
+    (inputs / "im0004.ppm.gz").write_bytes(b"\x1f\x8b")
+    (inputs / "manual").mkdir()
+    (inputs / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    with caplog.at_level(logging.INFO):
+        found = inference.list_inputs(str(inputs))
+    assert [p.name for p in found] == ["Image_01L.JPG", "im0001.ppm", "im0002.PGM", "im0003.bmp"]
+    warned = {r.getMessage().split(":")[0] for r in caplog.records if r.levelno == logging.WARNING}
+    assert {str(inputs / n) for n in ("Image_01L_1stHO.png", "im0001.ah.ppm", "notes.txt", "im0004.ppm.gz",
+                                      "manual")} <= warned
+    messages = "\n".join(r.getMessage() for r in caplog.records)
+    assert ".DS_Store" not in messages and "gunzip" in messages and "vessel annotation" in messages
+    assert f"{inputs / 'im0003_mask.gif'}: FOV mask of im0003" in messages
+    assert inference.find_fov(inputs / "im0003.bmp") == str(inputs / "im0003_mask.gif")
+
+    net = _tiny_network()
+    ckpt = tmp_path / "model.pt"
+    torch.save(net.state_dict(), ckpt)
+    pre = Compose([transforms.LoadFundusd(label_key=None), transforms.ClaheGreend("image")])
+    post = Compose([Activationsd("pred", sigmoid=True), CopyItemsd("pred", names="prob"),
+                    AsDiscreted("pred", threshold=0.5), transforms.MaskOutsideFOVd(["pred", "prob"])])
+    for extra in ("im0002.PGM", "im0003.bmp", "Image_01L.JPG"):
+        (inputs / extra).unlink()
+    out = tmp_path / "out"
+    inference.predict_folder(str(inputs), str(out), network=net, preprocessing=pre,
+                             inferer=SlidingWindowInferer((64, 64)), postprocessing=post, ckpt_path=str(ckpt))
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == ["im0001_prob.png", "im0001_seg.png"]
+    assert np.asarray(Image.open(out / "predictions" / "im0001_seg.png")).shape == rgb.shape[:2]
 
 
 # ----------------------------------------------------------------------------------------------------------- workflows

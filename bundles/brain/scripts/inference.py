@@ -19,9 +19,10 @@ import torch
 
 from common.checkpoint import load_network_weights
 from common.io import save_nifti
-from common.validation import Problems, check_dir, run_each
+from common.inputs import folders_only, list_input_folder
+from common.validation import run_each
 
-from .data import case_dirs, case_item, validate_items
+from .data import case_item, validate_items
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ def predict_folder(input_dir: str, output_dir: str, network: torch.nn.Module, ck
 
     Raises:
         common.checkpoint.CheckpointError: ``ckpt_path`` is missing or does not fit (before any case is read).
-        common.validation.DatasetError: ``input_dir`` is missing or holds no case folder.
+        common.validation.DatasetError: ``input_dir`` is missing or holds no case folder (a file directly in it is
+            named in a warning; hidden entries are ignored, :mod:`common.inputs`).
         common.validation.BatchFailure: after the good cases were written, naming every case that failed.
     """
     import nibabel as nib
@@ -51,11 +53,9 @@ def predict_folder(input_dir: str, output_dir: str, network: torch.nn.Module, ck
     input_dir, output_dir, device = str(input_dir), str(output_dir), torch.device(device)
     load_network_weights(network, str(ckpt_path))
     network.to(device).eval()
-    problems = Problems(f"brain inference input {input_dir}")
-    cases = case_dirs(input_dir) if check_dir(input_dir, problems, "input folder", "--input_dir") else []
-    if not problems and not cases:
-        problems.add(input_dir, "no case folders (expected <case>/<case>_{t1,t1ce,t2,flair}.nii.gz)")
-    problems.raise_if_any()
+    layout = "expected <case>/<case>_{t1,t1ce,t2,flair}.nii.gz"
+    cases = list_input_folder(input_dir, folders_only(layout), f"case folders ({layout})",
+                              what="brain inference input").predict
     out = Path(output_dir) / "predictions"
 
     def one(case_dir: Path) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from common.checkpoint import load_network_weights
+from common.inputs import list_input_folder
 from common.io import save_png, write_csv
 from common.validation import Problems, check_dir, run_each
 from scripts.data import csv_path, load_split, require_checkpoint
@@ -25,22 +26,48 @@ from scripts.data import csv_path, load_split, require_checkpoint
 logger = logging.getLogger(__name__)
 
 
+def classify_input(entry: Path) -> tuple[str, str]:
+    """Whether an entry of the breast input folder is predicted: a DICOM file, i.e. ``*.dcm``/``*.dicom`` (any case)
+    or a file with the DICOM preamble whatever its name (pydicom's ``is_dicom``); else why not (for
+    :func:`common.inputs.list_input_folder`)."""
+    from pydicom.misc import is_dicom
+
+    if entry.is_dir():
+        return "skip", "a folder: breast inference predicts the DICOM files directly in --input_dir"
+    if entry.suffix.lower() in (".dcm", ".dicom"):
+        return "predict", ""
+    try:
+        if is_dicom(entry):
+            return "predict", ""
+    except OSError as e:
+        return "skip", f"not readable ({e})"
+    if entry.name.startswith("mass_case_description_") and entry.suffix.lower() == ".csv":
+        return "skip", "a CBIS-DDSM CSV: ignored because the folder holds DICOM files to predict"
+    return "skip", "not a DICOM file (no .dcm suffix, no DICOM preamble)"
+
+
 def list_inputs(input_dir: str | os.PathLike, crop_source: str = "cropped") -> list[dict[str, Any]]:
-    """Inputs: every ``*.dcm`` of ``input_dir`` (case = file stem), or, for a CBIS-DDSM folder (one with the mass
-    CSVs), the ROI crops its test CSV (else its train CSV) names (case = CBIS-DDSM ROI folder name; ``pathology`` is
-    ignored)."""
+    """Inputs: every DICOM file directly in ``input_dir`` (``*.dcm`` in any case, or any file with the DICOM
+    preamble; case = file stem; every other entry is named in a warning), or, for a CBIS-DDSM folder (one with the
+    mass CSVs and no DICOM file at its top), the ROI crops its test CSV (else its train CSV) names (case = CBIS-DDSM
+    ROI folder name; ``pathology`` is ignored; a row whose files cannot be resolved is an error naming the row).
+
+    Raises:
+        common.validation.DatasetError: missing folder, nothing to predict, or unresolvable CSV rows.
+    """
     problems = Problems(f"inference input folder {input_dir}")
     if not check_dir(str(input_dir), problems, "input folder", override="--input_dir"):
         problems.raise_if_any()
     root = Path(str(input_dir))
-    files = sorted(root.glob("*.dcm"))
-    if files:
-        return [{"case": p.stem, "image": str(p)} for p in files]
+    if any(not p.name.startswith(".") and classify_input(p)[0] == "predict" for p in root.iterdir()):
+        files = list_input_folder(root, classify_input, "DICOM file (*.dcm)").predict
+        return [{"case": p.stem if p.suffix.lower() in (".dcm", ".dicom") else p.name, "image": str(p)} for p in files]
     items: list[dict[str, Any]] = []
     split = "test" if csv_path(root, "test").is_file() else "train"  # a CBIS-DDSM folder: its test CSV first
     if csv_path(root, split).is_file():
-        items = load_split(root, split, crop_source, problems, check_files=False, need_labels=False)
-    problems.check(bool(items), root, "no *.dcm file and no mass_case_description_{train,test}_set.csv to predict")
+        items = load_split(root, split, crop_source, problems, check_files=False, need_labels=False, strict_rows=True)
+    problems.check(bool(items) or bool(problems), root,
+                   "no *.dcm file and no mass_case_description_{train,test}_set.csv to predict")
     problems.raise_if_any()
     return items
 

@@ -13,9 +13,10 @@ import torch
 
 from common.checkpoint import load_network_weights
 from common.io import save_nifti, write_csv
-from common.validation import Problems, check_dir, run_each
+from common.inputs import folders_only, list_input_folder
+from common.validation import Problems, run_each
 from scripts.clinical import CLINICAL_COLUMNS, clinical_indices
-from scripts.data import check_patient, list_patients, require_checkpoint
+from scripts.data import check_patient, require_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -62,16 +63,15 @@ def run(input_dir: str, output_dir: str, ckpt_path: str, network: torch.nn.Modul
 
     Raises:
         FileNotFoundError: the checkpoint does not exist.
-        DatasetError: ``input_dir`` is missing or holds no patient folder.
+        DatasetError: ``input_dir`` is missing or holds no patient folder (a file directly in it is named in a
+            warning; hidden entries are ignored, :mod:`common.inputs`).
     """
     require_checkpoint(str(ckpt_path))
     load_network_weights(network, str(ckpt_path)).eval()
     folder, out = Path(str(input_dir)), Path(str(output_dir))
-    problems = Problems(f"cardiac inference input {folder}")
-    patients = list_patients(folder) if check_dir(folder, problems, "input folder", "--input_dir") else []
-    if not problems:
-        problems.check(bool(patients), folder, "no patient folders (expected <patient>/Info.cfg + ED/ES frames)")
-    problems.raise_if_any()
+    layout = "expected <patient>/Info.cfg + ED/ES frames"
+    patients = list_input_folder(folder, folders_only(layout), f"patient folders ({layout})",
+                                 what="cardiac inference input").predict
     rows: list[dict[str, Any]] = []
     try:
         run_each(patients, lambda p: rows.append(

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from common.distributed import barrier, is_rank0
+from common.inputs import pil_image_suffixes
 from common.io import write_json
 from common.validation import DatasetError, Problems, check_file
 
@@ -22,7 +23,10 @@ from .transforms import binary_values_ok
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+#: Fundus image formats: every raster format the installed Pillow opens (DRIVE .tif, STARE .ppm, CHASE/HRF .jpg/.JPG,
+#: .png, .bmp, .gif, ...), compared lower-case.
+IMAGE_SUFFIXES = tuple(sorted(pil_image_suffixes()))
+IMAGE_SUFFIX_TEXT = "*.tif, *.png, *.jpg, *.ppm, *.bmp, ... any format Pillow reads"
 MASK_SUFFIXES = (".gif", ".png", ".tif", ".tiff")
 
 
@@ -34,7 +38,12 @@ def list_split(dataset_dir: str | Path, split: str) -> list[dict[str, str]]:
     """Cases of one DRIVE split: ``{"case", "image", "label", "fov"}`` (``fov`` is ``""`` when no mask exists;
     ``label`` names the expected manual file even when it is missing, so the checks can report it)."""
     root = Path(str(dataset_dir)) / split
-    images = sorted(p for p in (root / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    images = []
+    for p in sorted((root / "images").glob("*")):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            images.append(p)
+        elif not p.name.startswith("."):  # hidden files (.DS_Store) are OS artefacts, never data
+            logger.warning("%s: not an image file Pillow reads, not used (split '%s')", p, split)
     cases = []
     for image in images:
         number = image.stem.split("_")[0]
@@ -115,7 +124,7 @@ def check_dataset(dataset_dir: str, splits: Sequence[str] = ("training",), min_c
             continue
         cases = list_split(root, split)
         if len(cases) < int(min_cases):
-            problems.add(folder, f"the '{split}' split holds {len(cases)} image(s) ({'/'.join(IMAGE_SUFFIXES)}); "
+            problems.add(folder, f"the '{split}' split holds {len(cases)} image(s) ({IMAGE_SUFFIX_TEXT}); "
                                  f"at least {min_cases} needed")
         for case in cases:
             _check_case(case, problems, min_size, need_label)

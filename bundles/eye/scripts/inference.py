@@ -17,39 +17,66 @@ import numpy as np
 import torch
 
 from common.checkpoint import load_network_weights
+from common.inputs import list_input_folder
 from common.io import save_png
 from common.validation import run_each
 
-from .data import IMAGE_SUFFIXES, MASK_SUFFIXES
+from .data import IMAGE_SUFFIX_TEXT, IMAGE_SUFFIXES, MASK_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
 
 def find_fov(image: Path) -> str:
-    """The FOV mask of ``image`` if one exists (``""`` otherwise)."""
-    names = [f"{image.stem}_mask{s}" for s in MASK_SUFFIXES]
+    """The FOV mask of ``image`` if one exists (``""`` otherwise): ``<stem>_mask.{gif,png,tif,tiff}`` (any case)
+    beside the image, in ``mask/`` below it or in ``mask/`` beside its folder (the DRIVE layout)."""
     for folder in (image.parent, image.parent / "mask", image.parent.parent / "mask"):
-        for name in names:
-            if (folder / name).is_file():
-                return str(folder / name)
+        if not folder.is_dir():
+            continue
+        found = sorted(p for p in folder.iterdir()
+                       if p.stem == f"{image.stem}_mask" and p.suffix.lower() in MASK_SUFFIXES and p.is_file())
+        if found:
+            return str(found[0])
     return ""
 
 
+#: Stem endings (lower-case) of vessel annotations in the public fundus sets, never predicted as images: DRIVE
+#: ``NN_manual1``/``_manual2``, STARE ``imNNNN.ah``/``.vk``, CHASE_DB1 ``Image_NNL_1stHO``/``_2ndHO``.
+ANNOTATION_STEMS = ("_manual1", "_manual2", ".ah", ".vk", "_1stho", "_2ndho")
+
+
+def classify_input(entry: Path) -> tuple[str, str]:
+    """Whether an entry of the eye input folder is predicted (``"predict"``), used (``"used"``: an FOV mask of an image
+    beside it, the DRIVE ``mask/`` folder) or not predicted (``"skip"``), with the reason (for
+    :func:`common.inputs.list_input_folder`)."""
+    if entry.is_dir():
+        if entry.name == "mask":
+            return "used", "FOV mask folder (DRIVE layout), read for the images of the same stem"
+        return "skip", "a folder: eye inference predicts the image files directly in --input_dir"
+    suffix, stem = entry.suffix.lower(), entry.stem.lower()
+    if suffix in (".gz", ".zip", ".bz2", ".xz", ".7z", ".tar"):
+        return "skip", f"a compressed file ({suffix}): decompress it (e.g. gunzip a STARE *.ppm.gz) first"
+    if suffix not in IMAGE_SUFFIXES:
+        return "skip", f"'{suffix or '(no suffix)'}' is not an image format Pillow reads"
+    if stem.endswith("_mask"):
+        image_stem = entry.stem[: -len("_mask")]
+        if any(p.stem == image_stem and p.suffix.lower() in IMAGE_SUFFIXES for p in entry.parent.iterdir()):
+            return "used", f"FOV mask of {image_stem}"
+        return "skip", f"looks like an FOV mask (*_mask) but no image {image_stem}.* is beside it"
+    if stem.endswith(ANNOTATION_STEMS):
+        return "skip", ("a vessel annotation (DRIVE *_manual1, STARE *.ah/*.vk, CHASE *_1stHO/*_2ndHO), "
+                        "not a fundus image")
+    return "predict", ""
+
+
 def list_inputs(input_dir: str) -> list[Path]:
-    """Fundus images in ``input_dir`` (``*.tif``, ``*.png``, ``*.jpg``; FOV masks ``*_mask.*`` excluded).
+    """Fundus images directly in ``input_dir``: every file in a format Pillow reads (:data:`IMAGE_SUFFIXES`: .tif,
+    .png, .jpg, .ppm (STARE), .bmp, .gif, ...; any case), except FOV masks ``*_mask.*`` and vessel annotations.
+    Every other entry is named in a warning with the reason (:func:`common.inputs.list_input_folder`).
 
     Raises:
-        FileNotFoundError: ``input_dir`` does not exist or holds no image.
+        common.validation.DatasetError: ``input_dir`` does not exist or holds no image (naming what it holds).
     """
-    folder = Path(str(input_dir))
-    if not folder.is_dir():
-        raise FileNotFoundError(f"input folder {folder} does not exist (set --input_dir)")
-    images = sorted(p for p in folder.iterdir()
-                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith("_mask"))
-    if not images:
-        raise FileNotFoundError(f"input folder {folder} holds no fundus image ({', '.join(IMAGE_SUFFIXES)}); "
-                                "set --input_dir")
-    return images
+    return list_input_folder(input_dir, classify_input, f"fundus image ({IMAGE_SUFFIX_TEXT})").predict
 
 
 @torch.no_grad()
@@ -78,7 +105,7 @@ def predict_folder(input_dir: str, output_dir: str, network: torch.nn.Module, pr
     A bad image does not stop the others; at the end ``BatchFailure`` names every failed file (non-zero exit).
 
     Raises:
-        FileNotFoundError: no input folder or no image; CheckpointError: missing or unfitting checkpoint.
+        DatasetError: no input folder or no image; CheckpointError: missing or unfitting checkpoint.
     """
     images = list_inputs(input_dir)
     load_network_weights(network, ckpt_path)

@@ -22,6 +22,7 @@ from monai.data import WSIReader
 from monai.transforms import ForegroundMask
 
 from common.checkpoint import load_network_weights
+from common.inputs import list_input_folder
 from common.io import atomic_path, save_png, write_csv
 from common.validation import run_each
 from scripts.phantom import PATCH
@@ -33,16 +34,36 @@ COLUMNS = ["case", "kind", "prob_tumour", "label", "tumour_area_fraction", "tiss
            "heatmap_cell_px"]
 
 
+SLIDE_SUFFIXES = (".tif", ".tiff")
+
+
+def classify_input(entry: Path) -> tuple[str, str]:
+    """Whether an entry of the pathology input folder is predicted (slides ``*.tif``/``*.tiff`` and PCam patch
+    files ``*_x.h5``, any case), ignored as documented (PCam label files ``*_y.h5``, ``*_meta.csv``) or not
+    predicted (anything else, with the reason), for :func:`common.inputs.list_input_folder`."""
+    name = entry.name.lower()
+    if entry.is_dir():
+        return "skip", "a folder: pathology inference reads slides and patch files directly in --input_dir"
+    if entry.suffix.lower() in SLIDE_SUFFIXES or name.endswith("_x.h5"):
+        return "predict", ""
+    if name.endswith("_y.h5") or name.endswith("_meta.csv"):
+        return "used", "PCam labels/metadata: ignored by inference (evaluate reads them)"
+    if entry.suffix.lower() in (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".bif", ".czi", ".isyntax"):
+        return "skip", (f"a vendor slide format ({entry.suffix}) this bundle does not read: convert it to a tiled "
+                        "pyramidal TIFF (e.g. `vips tiffsave in out.tif --tile --pyramid --compression jpeg`)")
+    if name.endswith((".h5", ".hdf5")):
+        return "skip", "an HDF5 file that is not a PCam patch file (*_x.h5 with dataset 'x')"
+    return "skip", f"'{entry.suffix or '(no suffix)'}' is neither a slide (*.tif, *.tiff) nor a patch file (*_x.h5)"
+
+
 def list_inputs(input_dir: str | Path) -> list[Path]:
-    """Slides ``*.tif``/``*.tiff`` and patch files ``*_x.h5`` directly under ``input_dir``."""
-    folder = Path(str(input_dir))
-    if not folder.is_dir():
-        raise FileNotFoundError(f"input folder {folder} does not exist: pass --input_dir")
-    found = sorted(p for p in folder.iterdir() if p.is_file() and (p.suffix.lower() in (".tif", ".tiff")
-                                                                   or p.name.endswith("_x.h5")))
-    if not found:
-        raise FileNotFoundError(f"no slides (*.tif) or PCam patch files (*_x.h5) in {folder}: check --input_dir")
-    return found
+    """Slides ``*.tif``/``*.tiff`` and patch files ``*_x.h5`` directly under ``input_dir`` (any case); every other
+    entry is named in a warning with the reason (:func:`common.inputs.list_input_folder`).
+
+    Raises:
+        common.validation.DatasetError: the folder does not exist or holds nothing to predict.
+    """
+    return list_input_folder(input_dir, classify_input, "slides (*.tif) or PCam patch files (*_x.h5)").predict
 
 
 class Predictor:
@@ -176,7 +197,7 @@ def predict(input_dir: str, output_dir: str, network: torch.nn.Module, ckpt_path
     rows: list[dict[str, Any]] = []
 
     def one(path: Path) -> None:
-        if path.name.endswith("_x.h5"):
+        if path.name.lower().endswith("_x.h5"):
             rows.extend(predict_patches(path, predictor))
         else:
             rows.append(predict_slide(path, out / "predictions", predictor, int(heatmap_level), int(heatmap_stride)))
