@@ -211,6 +211,51 @@ def _predict(input_dir: Path, output_dir: Path, trained: Path, stride: int = 96)
                              SimpleInferer(), Activations(sigmoid=True), torch.device("cpu"), 32, 0, stride)
 
 
+@pytest.mark.parametrize("layout", ["pages", "subifds"])
+def test_jpeg_tiled_pyramid_gives_a_heatmap(tmp_path, layout, caplog):
+    """Issue 13 kind 6: JPEG-compressed tiles (what vendor converters write; needs the imagecodecs package) are read,
+    as top-level pyramid pages or as SubIFDs (OME-TIFF / bfconvert style), and give a heat-map; a stray file in the
+    input folder is named in a warning, a hidden one is not."""
+    import logging
+
+    inference, networks, phantom = mod("inference"), mod("networks"), mod("phantom")
+    from monai.inferers import SimpleInferer
+    from monai.transforms import Activations, Compose, EnsureType, ScaleIntensityRange, Transpose
+
+    image, _ = phantom.render_slide(0, 0, 512)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    path = inputs / "vendor.TIF"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(image, photometric="rgb", tile=(128, 128), compression="jpeg",
+                  subifds=2 if layout == "subifds" else 0)
+        level = image
+        for _ in range(2):
+            level = level.reshape(level.shape[0] // 2, 2, level.shape[1] // 2, 2, 3).mean(axis=(1, 3)).astype(np.uint8)
+            tif.write(level, photometric="rgb", tile=(128, 128), compression="jpeg", subfiletype=1)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].compression == tifffile.COMPRESSION.JPEG and len(tif.series[0].levels) == 3
+    read = inference.read_slide(path, 0)
+    assert read.shape == (512, 512, 3) and np.abs(read.astype(int) - image).mean() < 4  # JPEG is lossy
+    if layout == "pages":
+        assert inference.read_slide(path, 1).shape == (256, 256, 3)
+    (inputs / "vendor.svs").write_bytes(b"II*\0")
+    (inputs / "._vendor.TIF").write_bytes(b"\0\5\26\7")  # macOS resource fork: hidden, ignored
+    net = networks.PatchClassifier(channels=TINY["channels"])
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    pre = Compose([Transpose([2, 0, 1]), ScaleIntensityRange(0, 255, 0.0, 1.0),
+                   EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False)])
+    with caplog.at_level(logging.WARNING):
+        rows = inference.predict(str(inputs), str(tmp_path / "out"), net, str(tmp_path / "model.pt"), pre,
+                                 SimpleInferer(), Activations(sigmoid=True), torch.device("cpu"), 32, 0, 96)
+    assert [r["case"] for r in rows] == ["vendor"] and rows[0]["tissue_cells"] > 0
+    heat = tifffile.imread(tmp_path / "out" / "predictions" / "vendor_prob.tif")
+    assert heat.shape == (6, 6) and heat.min() >= 0 and heat.max() <= 1 and (heat > 0).sum() > 0
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"{inputs / 'vendor.svs'}: not predicted") and "convert" in m for m in warnings)
+    assert not any("._vendor" in m for m in warnings)
+
+
 # ------------------------------------------------------------------------------------------------ bad inputs
 def _write_h5(path: Path, name: str, data) -> None:
     with h5py.File(path, "w") as f:

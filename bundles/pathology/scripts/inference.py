@@ -100,7 +100,14 @@ def read_slide(path: Path, level: int) -> np.ndarray:
         levels = reader.get_level_count(wsi)
         if not 0 <= level < levels:
             raise ValueError(f"{path} has {levels} level(s); heatmap_level={level} does not exist")
-        image, _ = reader.get_data(wsi, level=level)
+        try:
+            image, _ = reader.get_data(wsi, level=level)
+        except (ValueError, ImportError) as e:
+            if "imagecodecs" not in str(e):
+                raise
+            compression = getattr(wsi.pages[level].compression, "name", wsi.pages[level].compression)
+            raise ValueError(f"{path}: tiles are {compression}-compressed and decoding them needs the 'imagecodecs' "
+                             f"package (pip install -r requirements.txt): {e}") from e
     finally:
         wsi.close()
     image = np.moveaxis(np.asarray(image), 0, -1)
