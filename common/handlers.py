@@ -22,7 +22,8 @@ class EvaluationWriter:
     ``case`` column and the per-case metric values). At the end of the epoch the rows are summarised with bootstrap
     CIs (:func:`common.evaluation.summarise`), both files are written atomically, and the scalar summary is put into
     ``engine.state.metrics`` (CI bounds as ``<name>_ci95_low``/``_high``) so experiment trackers log it. Attach it
-    before any tracking handler (MONAI's ``--tracking`` switch appends its handler last).
+    before any tracking handler (MONAI's ``--tracking`` switch appends its handler last). ``extra()``, when given,
+    returns further entries for ``metrics.json`` (e.g. breast's ``num_skipped_rows``), called at the end of the epoch.
     """
 
     def __init__(
@@ -34,6 +35,7 @@ class EvaluationWriter:
         dataset_metrics: Mapping[str, DatasetMetric] | None = None,
         n_resamples: int = 1000,
         seed: int = 0,
+        extra: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.output_dir = Path(str(output_dir))
         self.key_metric = key_metric
@@ -42,6 +44,7 @@ class EvaluationWriter:
         self.dataset_metrics = dict(dataset_metrics or {})
         self.n_resamples = int(n_resamples)
         self.seed = int(seed)
+        self.extra = extra
         self.rows: list[dict[str, Any]] = []
         self.summary: dict[str, Any] = {}
 
@@ -59,6 +62,8 @@ class EvaluationWriter:
     def _write(self, engine: Engine) -> None:
         self.summary = summarise(self.rows, self.key_metric, self.case_metrics, self.dataset_metrics,
                                  n_resamples=self.n_resamples, seed=self.seed)
+        if self.extra is not None:
+            self.summary.update(self.extra())
         if is_rank0():
             metrics_path, _ = write_evaluation(self.output_dir, self.rows, self.summary)
             logger.info("evaluation of %d cases: %s = %s (95%% CI %s); written to %s", len(self.rows),

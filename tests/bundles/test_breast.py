@@ -206,6 +206,134 @@ def test_paths_resolve_through_the_case_folder_in_a_tcia_tree(tiny_data, tmp_pat
     assert "full mammogram" in items[0]["full"] and "ROI mask" in items[0]["roi"]
 
 
+def _one_series_tree(tiny_data: Path, root: Path, n_rows: int = 3, descriptions: str = "as_written") -> list[dict]:
+    """TCIA's other CBIS-DDSM layout: the ROI folder holds ONE series ('ROI mask images') with both the cropped image
+    and the mask as 1-1.dcm / 1-2.dcm (here the mask first, so file order cannot decide). ``descriptions``: keep the
+    written SeriesDescriptions ('cropped images' / 'ROI mask images'), make both 'ROI mask images' (as in the real
+    one-series download), or delete the tag."""
+    import pydicom
+
+    rows = read_table(tiny_data / TRAIN_CSV)[:n_rows]
+    for row in rows:
+        full_case = row["image file path"].split("/")[0]
+        roi_case = row["cropped image file path"].split("/")[0]
+        full = root / "CBIS-DDSM" / full_case / "07-20-2016-DDSM-1" / "1.000000-full mammogram images-1" / "1-1.dcm"
+        series = root / "CBIS-DDSM" / roi_case / "07-21-2016-DDSM-2" / "1.000000-ROI mask images-2"
+        for source, target in ((row["image file path"], full), (row["ROI mask file path"], series / "1-1.dcm"),
+                               (row["cropped image file path"], series / "1-2.dcm")):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            ds = pydicom.dcmread(tiny_data / source.strip())
+            if descriptions == "one_series" and target.parent == series:
+                ds.SeriesDescription = "ROI mask images"
+            elif descriptions == "none":
+                del ds.SeriesDescription
+            ds.save_as(target, enforce_file_format=True)
+        # the CSV keeps CBIS-DDSM's own (non-existing here) paths
+    write_table(root / TRAIN_CSV, rows)
+    return rows
+
+
+@pytest.mark.parametrize("descriptions", ["as_written", "one_series", "none"])
+def test_crop_and_mask_in_one_series_are_told_apart(tiny_data, tmp_path, descriptions):
+    """Issue 13 kind 8: crop and mask in one series folder are resolved by SeriesDescription when it tells them apart,
+    else by content (binary mask vs grey-level crop); both crop sources read the right files."""
+    data, dicom = mod("data"), mod("dicom")
+    root = tmp_path / "D"
+    rows = _one_series_tree(tiny_data, root, descriptions=descriptions)
+    problems = data.Problems("test")
+    items = crops = data.load_split(root, "train", "cropped", problems)
+    assert not problems, problems.items
+    assert [Path(i["image"]).name for i in items] == ["1-2.dcm"] * 3
+    for item, row in zip(items, rows):
+        expected = dicom.read_dicom(tiny_data / row["cropped image file path"].strip())
+        np.testing.assert_array_equal(dicom.read_dicom(item["image"]), expected)
+    items = data.load_split(root, "train", "roi_mask", problems)
+    assert not problems, problems.items
+    assert [(Path(i["full"]).parent.name, Path(i["roi"]).name) for i in items] == [
+        ("1.000000-full mammogram images-1", "1-1.dcm")] * 3
+    mask = dicom.read_dicom(items[0]["roi"])
+    assert set(np.unique(mask).tolist()) == {0.0, 255.0} and mask.shape == dicom.read_dicom(items[0]["full"]).shape
+    how = data.dicom_kind(Path(crops[0]["image"]))
+    assert how[0] == ("cropped" if descriptions == "as_written" else "grey")
+
+
+def _unresolvable(root: Path, rows: list[dict]) -> tuple[str, str]:
+    """Make the second row's ROI folder hold two grey-level images (the mask replaced by a second crop)."""
+    import pydicom
+
+    series = next((root / "CBIS-DDSM").glob(f"{rows[1]['cropped image file path'].split('/')[0]}/*/*"))
+    ds = pydicom.dcmread(series / "1-2.dcm")
+    ds.SeriesDescription = "ROI mask images"
+    ds.save_as(series / "1-1.dcm")
+    ds.save_as(series / "1-2.dcm")
+    case = f"Mass-Training_{rows[1]['patient_id']}_{rows[1]['left or right breast']}_{rows[1]['image view']}_1"
+    return f"{TRAIN_CSV} line 3", case
+
+
+def test_unresolvable_row_is_skipped_named_or_refused_with_strict_rows(tiny_data, tmp_path, caplog):
+    """An unresolvable row is named in a warning and skipped (and listed in splits.json); strict_rows makes it an
+    error naming the row; a split whose every row is bad is an error whatever strict_rows says."""
+    import logging
+
+    from common.validation import DatasetError
+
+    data = mod("data")
+    root = tmp_path / "D"
+    rows = _one_series_tree(tiny_data, root, n_rows=3, descriptions="one_series")
+    where, case = _unresolvable(root, rows)
+    with caplog.at_level(logging.WARNING):
+        items = data.load_split(root, "train", "cropped", data.Problems("t"), strict_rows=False)
+    assert [i["case"] for i in items] == [data.case_id(rows[i], "train") for i in (0, 2)]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith(f"{where} ({case}): row skipped") and "2 files of its .dcm files is the cropped image"
+               in m and "1-1.dcm (grey-level image" in m for m in warned), warned
+    assert data.skip_summary(root, "train", "cropped") == {"num_skipped_rows": 1}
+    with pytest.raises(DatasetError) as info:
+        data.validate(root, ("train",), "cropped", strict_rows=True)
+    assert f"{where} ({case})" in str(info.value) or f"{where}: case {case}" in str(info.value)
+    data.validate(root, ("train",), "cropped", output_dir=tmp_path / "out", strict_rows="false", val_fraction=0.5)
+    splits = json.loads((tmp_path / "out" / "splits.json").read_text())
+    assert [r["row"] for r in splits["skipped_rows"]] == [where] and len(splits["train"] + splits["val"]) == 2
+    for row in rows:  # every row bad: the split is empty, which is never silent
+        shutil.rmtree(root / "CBIS-DDSM" / row["cropped image file path"].split("/")[0])
+    with pytest.raises(DatasetError, match="all 3 row\\(s\\) were skipped"):
+        data.validate(root, ("train",), "cropped", strict_rows=False)
+
+
+def test_folder_with_only_the_mask_does_not_resolve_the_crop(tiny_data, tmp_path):
+    """A ROI folder holding only the binary mask must not be taken as the cropped image (silent wrong input)."""
+    data = mod("data")
+    root = tmp_path / "D"
+    rows = _one_series_tree(tiny_data, root, n_rows=2, descriptions="one_series")
+    roi_case = rows[0]["cropped image file path"].split("/")[0]
+    next((root / "CBIS-DDSM" / roi_case).glob("*/*/1-2.dcm")).unlink()
+    problems = data.Problems("t")
+    items = data.load_split(root, "train", "cropped", problems)
+    assert len(problems) == 1 and "none of its .dcm files is the cropped image" in problems.items[0][1]
+    assert "1-1.dcm (ROI mask: binary pixel values)" in problems.items[0][1], problems.items
+    assert problems.items[0][0] == f"{TRAIN_CSV} line 2" and [Path(i["image"]).name for i in items] == ["1-2.dcm"]
+
+
+def test_evaluate_skips_an_unresolvable_row_and_counts_it(tiny_data, tmp_path):
+    """Through the bundle command: metrics.json has num_skipped_rows = 1 and 7 cases; --strict_rows true stops
+    before any metric, naming the row in the last line."""
+    root = tmp_path / "D"
+    shutil.copytree(tiny_data, root)
+    rows = read_table(root / TEST_CSV)
+    (root / rows[2]["cropped image file path"].strip()).unlink()  # its ROI folder keeps only the mask
+    _, net, ckpt = _inference_parts(tmp_path)
+    out = tmp_path / "out"
+    run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "evaluate", "tiny"), "--dataset_dir", root,
+                      "--output_dir", out, "--ckpt_path", ckpt])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_skipped_rows"] == 1 and metrics["num_cases"] == 7
+    strict = run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "evaluate", "tiny"),
+                               "--dataset_dir", root, "--output_dir", tmp_path / "strict", "--ckpt_path", ckpt,
+                               "--strict_rows", "true"], expect_ok=False)
+    assert strict.returncode != 0 and f"{TEST_CSV} line 4" in strict.stdout + strict.stderr
+    assert not (tmp_path / "strict" / "metrics.json").exists()
+
+
 def test_split_is_by_patient_and_seeded(tiny_data):
     data = mod("data")
     train, val = data.datalist(tiny_data, "train"), data.datalist(tiny_data, "val")
@@ -304,6 +432,14 @@ def _jpeg_ls(ds):
     ds.PixelData = encapsulate([b"\xff\xd8not-really-jpeg-ls\xff\xd9"])
 
 
+def _mpeg2(ds):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import MPEG2MPML
+
+    ds.file_meta.TransferSyntaxUID = MPEG2MPML
+    ds.PixelData = encapsulate([b"\x00\x00\x01\xb3not-really-mpeg2"])
+
+
 def _rgb(ds):
     ds.PhotometricInterpretation = "RGB"
 
@@ -328,8 +464,10 @@ BAD_INPUTS = [
      "cropped", [f"{TRAIN_CSV} line 2", "MAYBE"]),
     ("dicom_without_pixel_data", lambda r: _rewrite_dicom(_first(r), _no_pixels), "cropped",
      ["{crop}", "no pixel data"]),
-    ("unsupported_transfer_syntax", lambda r: _rewrite_dicom(_first(r), _jpeg_ls), "cropped",
-     ["{crop}", "JPEG-LS", "transfer syntax"]),
+    ("unsupported_transfer_syntax", lambda r: _rewrite_dicom(_first(r), _mpeg2), "cropped",
+     ["{crop}", "MPEG2", "transfer syntax", "pydicom has no decoder"]),
+    ("damaged_jpeg_ls_data", lambda r: _rewrite_dicom(_first(r), _jpeg_ls), "cropped",
+     ["{crop}", "JPEG-LS", "cannot decode", "damaged"]),
     ("not_a_dicom_file", lambda r: _first(r).write_bytes(b"this is not DICOM"), "cropped",
      ["{crop}", "not a readable DICOM"]),
     ("rgb_photometric", lambda r: _rewrite_dicom(_first(r), _rgb), "cropped", ["{crop}", "'RGB'"]),
@@ -348,7 +486,7 @@ def test_bad_dataset_is_rejected_naming_the_file(tiny_data, tmp_path, name, muta
     crop = str(_first(root))
     mutate(root)
     with pytest.raises(DatasetError) as info:
-        data.validate(root, ("train",), crop_source, output_dir=out)
+        data.validate(root, ("train",), crop_source, output_dir=out, strict_rows=True)
     message = str(info.value)
     for text in expected:
         assert text.replace("{crop}", crop) in message, f"{name}: {text!r} not in {message}"

@@ -21,7 +21,7 @@ import numpy as np
 
 from common.io import write_json
 from common.validation import Problems, check_dir
-from scripts.dicom import DicomError, read_header
+from scripts.dicom import DicomError, check_decodable, read_dicom, read_header
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +76,81 @@ def _folder_index(root: str) -> dict[str, list[str]]:
     return index
 
 
+#: What each CSV path column names, and the SeriesDescription TCIA gives that kind of file (CBIS-DDSM series names).
+KIND_OF_COLUMN = {"image file path": "full", "cropped image file path": "cropped", "ROI mask file path": "mask"}
+KIND_NAMES = {"full": "full mammogram", "cropped": "cropped image", "mask": "ROI mask", "grey": "grey-level image"}
+
+
+def dicom_kind(path: Path) -> tuple[str, str]:
+    """What a CBIS-DDSM DICOM file is: ``("cropped" | "full" | "mask" | "grey" | "unreadable", how it was told)``.
+
+    The header decides when its SeriesDescription says ``cropped images`` or ``full mammogram images``. A file
+    labelled ``ROI mask images`` (or unlabelled) is told by its pixels: TCIA's one-series layout puts the cropped
+    image *and* the mask into one ``ROI mask images`` series, so the label is not trusted there. Binary pixel values
+    (at most two distinct values, as the 0/255 masks) make a ``"mask"``; more values make a ``"grey"`` image (a crop,
+    or a full mammogram).
+    """
+    try:
+        import pydicom
+
+        description = str(pydicom.dcmread(str(path), stop_before_pixels=True).get("SeriesDescription", "")).lower()
+    except Exception as e:  # noqa: BLE001 - pydicom raises many types for a damaged file
+        return "unreadable", f"not a readable DICOM file ({type(e).__name__}: {e})"
+    if "crop" in description:
+        return "cropped", f"SeriesDescription '{description}'"
+    if "full" in description:
+        return "full", f"SeriesDescription '{description}'"
+    try:
+        values = read_dicom(path)
+    except DicomError as e:
+        return "unreadable", str(e)
+    low, high = float(values.min()), float(values.max())
+    binary = not np.any((values != low) & (values != high))
+    return ("mask" if binary else "grey"), ("binary" if binary else "grey-level") + " pixel values"
+
+
+def _pick(found: list[Path], column: str, cell: str) -> tuple[Path | None, str]:
+    """The one file of ``found`` (the .dcm files of a case folder) that ``column`` names, told apart by header and
+    content (:func:`dicom_kind`); ``(None, reason)`` when none or several fit."""
+    want = KIND_OF_COLUMN[column]
+    accepted = {"cropped": ("cropped", "grey"), "full": ("full", "grey"), "mask": ("mask",)}[want]
+    kinds: dict[Path, tuple[str, str]] = {}
+    if want in ("cropped", "full"):  # a header that names the kind decides without reading any pixel
+        import pydicom
+
+        labelled = []
+        for p in found:
+            try:
+                description = str(pydicom.dcmread(str(p), stop_before_pixels=True).get("SeriesDescription", ""))
+            except Exception:  # noqa: BLE001 - reported below through dicom_kind
+                continue
+            if {"cropped": "crop", "full": "full"}[want] in description.lower():
+                labelled.append(p)
+        if len(labelled) == 1:
+            return labelled[0], ""
+    for p in found:
+        kinds[p] = dicom_kind(p)
+    fits = [p for p in found if kinds[p][0] in accepted]
+    if len(fits) > 1:
+        exact = [p for p in fits if kinds[p][0] == want] or [p for p in fits if p.name == Path(cell).name]
+        fits = exact if len(exact) == 1 else fits
+    if len(fits) == 1:
+        return fits[0], ""
+    seen = ", ".join(f"{p.name} ({KIND_NAMES.get(kinds[p][0], kinds[p][0])}: {kinds[p][1]})" for p in found)
+    verdict = "none" if not fits else f"{len(fits)} files"
+    return None, f"{verdict} of its .dcm files is the {KIND_NAMES[want]} [{seen}]"
+
+
 def resolve(dataset_dir: Path, cell: str, column: str) -> tuple[Path | None, str]:
-    """Resolve a CSV path cell; returns ``(path, "")`` or ``(None, reason)``."""
+    """Resolve a CSV path cell; returns ``(path, "")`` or ``(None, reason)``.
+
+    A cell naming an existing file is taken as it is. Otherwise the ``.dcm`` files under the folder(s) named like
+    the cell's first component (the case folder) are searched, and the one of the column's kind is chosen by
+    :func:`dicom_kind` (SeriesDescription, else binary vs grey-level pixels): this resolves TCIA's renamed trees,
+    both with crop and mask in two series and with both in one ``ROI mask images`` series (``1-1.dcm``,
+    ``1-2.dcm``, in either order). A folder holding only the wrong kind (e.g. only the mask when the crop is asked
+    for) is not resolved.
+    """
     cell = cell.strip().replace("\\", "/")
     if not cell:
         return None, f"'{column}' is empty"
@@ -86,40 +159,44 @@ def resolve(dataset_dir: Path, cell: str, column: str) -> tuple[Path | None, str
         return direct, ""
     folder = cell.split("/")[0]
     found = [Path(p) for d in _folder_index(str(dataset_dir)).get(folder, []) for p in sorted(Path(d).rglob("*.dcm"))]
-    if len(found) == 1:
-        return found[0], ""
     if not found:
-        return None, f"'{column}' {cell} does not exist and no case folder {folder} with a .dcm file is under {dataset_dir}"
-    keyword = KEYWORDS.get(column, "")
-    by_kind = [p for p in found if keyword and keyword.lower() in str(p.relative_to(dataset_dir)).lower()]
-    if len(by_kind) == 1:
-        return by_kind[0], ""
-    by_name = [p for p in found if p.name == Path(cell).name]
-    if len(by_name) == 1:
-        return by_name[0], ""
-    return None, f"'{column}' {cell} does not exist and case folder {folder} holds {len(found)} ambiguous .dcm files"
+        return None, (f"'{column}' {cell} does not exist and no case folder {folder} with a .dcm file is under "
+                      f"{dataset_dir}")
+    if column not in KIND_OF_COLUMN:
+        return (found[0], "") if len(found) == 1 else (None, f"'{column}' {cell} does not exist and case folder "
+                                                            f"{folder} holds {len(found)} .dcm files")
+    picked, reason = _pick(found, column, cell)
+    if picked is None:
+        return None, f"'{column}' {cell} does not exist and in case folder {folder} {reason}"
+    return picked, ""
+
+
+@lru_cache(maxsize=65536)
+def _checked_size(path: str, mtime_ns: int, size: int) -> tuple[tuple[int, int] | None, str]:
+    """``((rows, columns), "")`` of a usable DICOM file, or ``(None, reason)``; cached per file version."""
+    try:
+        ds = read_header(path)
+        check_decodable(ds, path)
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if syntax is not None and syntax.is_compressed:
+            read_dicom(path)  # decode once: damaged compressed data is reported here, not in the middle of training
+    except DicomError as e:
+        return None, str(e)
+    return (int(ds.Rows), int(ds.Columns)), ""
 
 
 def check_dicom(path: Path, problems: Problems, where: str) -> tuple[int, int] | None:
-    """Check a DICOM header (pixel data present, greyscale, decodable transfer syntax); return (rows, columns)."""
+    """Check a DICOM file (readable, pixel data present, greyscale, decodable transfer syntax: compressed pixel data
+    is decoded once); return (rows, columns), or None after recording the problem at ``where``."""
     try:
-        ds = read_header(path)
-    except DicomError as e:
-        problems.add(where, str(e))
+        stat = Path(path).stat()
+    except OSError as e:
+        problems.add(where, f"{path}: not readable ({e})")
         return None
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if syntax is not None and syntax.is_compressed:
-        from pydicom.pixels import get_decoder
-
-        try:
-            available = get_decoder(syntax).is_available
-        except NotImplementedError:
-            available = False
-        if not available:
-            problems.add(where, f"{path}: unsupported transfer syntax {syntax.name} ({syntax}): no decoder installed; "
-                                f"decompress it first, e.g. `gdcmconv --raw in.dcm out.dcm`")
-            return None
-    return int(ds.Rows), int(ds.Columns)
+    size, reason = _checked_size(str(path), stat.st_mtime_ns, stat.st_size)
+    if size is None:
+        problems.add(where, reason)
+    return size
 
 
 def case_id(row: dict[str, str], split: str) -> str:
@@ -128,47 +205,106 @@ def case_id(row: dict[str, str], split: str) -> str:
             f"{row['image view'].upper()}_{row['abnormality id']}")
 
 
+_SKIPPED: dict[tuple[str, str, str], list[dict[str, str]]] = {}
+_WARNED: set[tuple[str, str]] = set()
+
+
 def load_split(dataset_dir: str | os.PathLike, split: str, crop_source: str = "cropped",
-               problems: Problems | None = None, check_files: bool = True, need_labels: bool = True) -> list[dict]:
+               problems: Problems | None = None, check_files: bool = True, need_labels: bool = True,
+               strict_rows: bool | str = True) -> list[dict]:
     """Items ``{"case", "patient", "label", "image" | ("full", "roi")}`` of one split's CSV.
 
-    Every problem (missing columns, unknown ``pathology``, unresolvable or unreadable files, duplicate cases, ROI
-    mask and full image of different sizes) is recorded in ``problems`` naming the CSV line and the file; with
-    ``problems=None`` they are raised at once as :class:`common.validation.DatasetError`.
+    Problems of the whole split (CSV missing, unreadable or lacking a column; no usable row) are recorded in
+    ``problems``. Problems of one row (unknown ``pathology``, unresolvable or unreadable files, duplicate case, ROI
+    mask and full image of different sizes) are, with ``strict_rows`` true, recorded in ``problems`` too, naming the
+    CSV line, case and file; with ``strict_rows`` false the row is skipped with one warning naming the CSV line, case
+    and reason (once per process), and listed by :func:`skipped_rows`. With ``problems=None`` the recorded problems
+    are raised at once as :class:`common.validation.DatasetError`.
     """
     if crop_source not in PATH_COLUMNS:
         raise ValueError(f"crop_source must be one of {list(PATH_COLUMNS)}, got {crop_source!r}.")
+    strict = as_bool(strict_rows, "strict_rows")
     own = problems is None
     problems = Problems(f"CBIS-DDSM mass dataset {dataset_dir}") if own else problems
     root, path = Path(str(dataset_dir)), csv_path(dataset_dir, split)
     columns = ID_COLUMNS + (("pathology",) if need_labels else ()) + PATH_COLUMNS[crop_source]
-    items, seen = [], set()
-    for line, row in enumerate(read_rows(path, problems, columns), start=2):
+    items, seen, skipped = [], set(), []
+    rows = read_rows(path, problems, columns)
+    for line, row in enumerate(rows, start=2):
         where = f"{path.name} line {line}"
         case = case_id(row, split)
+        row_problems = Problems(where)
         if case in seen:
-            problems.add(where, f"duplicate case {case}")
+            row_problems.add(where, f"duplicate case {case}")
         seen.add(case)
         item: dict[str, Any] = {"case": case, "patient": row["patient_id"]}
         if need_labels:
-            if row["pathology"].upper() not in PATHOLOGY:
-                problems.add(where, f"unknown pathology {row['pathology']!r} (expected one of {list(PATHOLOGY)})")
-                continue
-            item["label"] = PATHOLOGY[row["pathology"].upper()]
+            if row["pathology"].upper() in PATHOLOGY:
+                item["label"] = PATHOLOGY[row["pathology"].upper()]
+            else:
+                row_problems.add(where, f"unknown pathology {row['pathology']!r} (expected one of {list(PATHOLOGY)})")
         sizes = []
-        for column in PATH_COLUMNS[crop_source]:
+        for column in PATH_COLUMNS[crop_source] if "label" in item or not need_labels else ():
             resolved, reason = resolve(root, row[column], column)
             if resolved is None:
-                problems.add(where, f"case {case}: {reason}")
+                row_problems.add(where, f"case {case}: {reason}")
                 continue
             item[{"cropped image file path": "image", "image file path": "full"}.get(column, "roi")] = str(resolved)
-            sizes.append(check_dicom(resolved, problems, f"{where} ({case})") if check_files else None)
+            sizes.append(check_dicom(resolved, row_problems, f"{where} ({case})") if check_files else None)
         if len(sizes) == 2 and None not in sizes and sizes[0] != sizes[1]:
-            problems.add(where, f"case {case}: full image {sizes[0]} and ROI mask {sizes[1]} differ in size")
-        items.append(item)
-    if problems.check(bool(items) or not path.is_file(), path, "split has no cases") and own:
+            row_problems.add(where, f"case {case}: full image {sizes[0]} and ROI mask {sizes[1]} differ in size")
+        if not row_problems:
+            items.append(item)
+        elif strict:
+            problems.items.extend(row_problems.items)
+        else:
+            reason = "; ".join(what for _, what in row_problems.items)
+            skipped.append({"row": where, "case": case, "reason": reason})
+            if (str(path), f"{where}: {reason}") not in _WARNED:
+                _WARNED.add((str(path), f"{where}: {reason}"))
+                logger.warning("%s (%s): row skipped (strict_rows is false): %s", where, case, reason)
+    _SKIPPED[_skip_key(dataset_dir, split, crop_source)] = skipped
+    if skipped:
+        logger.warning("%s: %d of %d row(s) skipped (named above); %d mass(es) used. Set strict_rows true to stop "
+                       "on such rows instead.", path, len(skipped), len(rows), len(items))
+    if path.is_file() and not items:
+        problems.add(path, f"split has no usable cases: all {len(skipped)} row(s) were skipped (named above)"
+                     if skipped else "split has no cases")
+    if own:
         problems.raise_if_any()
     return items
+
+
+def _skip_key(dataset_dir: str | os.PathLike, split: str, crop_source: str) -> tuple[str, str, str]:
+    return str(Path(str(dataset_dir)).resolve()), split, crop_source
+
+
+def as_bool(value: Any, name: str) -> bool:
+    """A config flag given as a bool or as command-line text (``--strict_rows true``/``false``/``1``/``0``)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", "none", ""):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+def skipped_rows(dataset_dir: str | os.PathLike, split: str, crop_source: str = "cropped",
+                 strict_rows: bool | str = False) -> list[dict[str, str]]:
+    """The rows :func:`load_split` skipped (``{"row", "case", "reason"}``) in this process, loading the split if it
+    was not loaded yet (so the count is right in any order of calls)."""
+    key = _skip_key(dataset_dir, split, crop_source)
+    if key not in _SKIPPED:
+        load_split(dataset_dir, split, crop_source, Problems(f"CBIS-DDSM {split} split"), strict_rows=strict_rows)
+    return list(_SKIPPED.get(key, []))
+
+
+def skip_summary(dataset_dir: str | os.PathLike, split: str = "test", crop_source: str = "cropped",
+                 strict_rows: bool | str = False) -> dict[str, int]:
+    """``{"num_skipped_rows": n}`` for ``metrics.json``: CSV rows of ``split`` left out of the evaluation."""
+    return {"num_skipped_rows": len(skipped_rows(dataset_dir, split, crop_source, strict_rows))}
 
 
 def split_train_val(items: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -197,27 +333,34 @@ def split_train_val(items: list[dict], val_fraction: float, seed: int) -> tuple[
 
 
 def datalist(dataset_dir: str | os.PathLike, part: str, crop_source: str = "cropped", val_fraction: float = 0.2,
-             seed: int = 0) -> list[dict]:
-    """Items of ``part``: ``train``/``val`` (seeded split of the train CSV) or ``test`` (the test CSV)."""
+             seed: int = 0, strict_rows: bool | str = True) -> list[dict]:
+    """Items of ``part``: ``train``/``val`` (seeded split of the train CSV) or ``test`` (the test CSV); rows are
+    checked and, unless ``strict_rows``, bad ones skipped exactly as :func:`validate` did (the checks are cached)."""
     if part == "test":
-        return load_split(dataset_dir, "test", crop_source, check_files=False)
+        return load_split(dataset_dir, "test", crop_source, strict_rows=strict_rows)
     if part not in ("train", "val"):
         raise ValueError(f"part must be 'train', 'val' or 'test', got {part!r}.")
-    train, val = split_train_val(load_split(dataset_dir, "train", crop_source, check_files=False), val_fraction, seed)
+    train, val = split_train_val(load_split(dataset_dir, "train", crop_source, strict_rows=strict_rows),
+                                 val_fraction, seed)
     return train if part == "train" else val
 
 
 def validate(dataset_dir: str | os.PathLike, splits: Sequence[str] = ("train",), crop_source: str = "cropped",
-             output_dir: str | os.PathLike | None = None, val_fraction: float = 0.2, seed: int = 0) -> None:
-    """Check the dataset before any compute and report every problem at once; write ``splits.json`` for training.
+             output_dir: str | os.PathLike | None = None, val_fraction: float = 0.2, seed: int = 0,
+             strict_rows: bool | str = True) -> None:
+    """Check the dataset before any compute and report every problem at once; write ``splits.json`` for training
+    (with the rows skipped, ``skipped_rows``: ``{"row", "case", "reason"}``, when ``strict_rows`` is false).
 
     Raises:
-        common.validation.DatasetError: listing every problem, each naming its CSV line, case and file.
+        common.validation.DatasetError: listing every problem, each naming its CSV line, case and file (row problems
+            only with ``strict_rows``; without it a split whose every row is bad is still an error).
+        ValueError: the training split leaves no training or no validation patient.
     """
     problems = Problems(f"CBIS-DDSM mass dataset {dataset_dir}")
     if check_dir(str(dataset_dir), problems, "dataset folder", override="--dataset_dir"):
         _folder_index.cache_clear()
-        loaded = {split: load_split(dataset_dir, split, crop_source, problems) for split in splits}
+        loaded = {split: load_split(dataset_dir, split, crop_source, problems, strict_rows=strict_rows)
+                  for split in splits}
     problems.raise_if_any()
     for split, items in loaded.items():
         labels = {i["label"] for i in items}
@@ -230,18 +373,21 @@ def validate(dataset_dir: str | os.PathLike, splits: Sequence[str] = ("train",),
                              f"({len(train)} train, {len(val)} val masses).")
         write_json(Path(str(output_dir)) / "splits.json", {"seed": int(seed), "val_fraction": float(val_fraction),
                                                            "train": [i["case"] for i in train],
-                                                           "val": [i["case"] for i in val]})
+                                                           "val": [i["case"] for i in val],
+                                                           "skipped_rows": skipped_rows(dataset_dir, "train",
+                                                                                        crop_source, strict_rows)})
 
 
 def class_weights(dataset_dir: str | os.PathLike, weights: Any = "balanced", crop_source: str = "cropped",
-                  val_fraction: float = 0.2, seed: int = 0) -> Any:
+                  val_fraction: float = 0.2, seed: int = 0, strict_rows: bool | str = True) -> Any:
     """Cross-entropy class weights: ``"balanced"`` (n / (2 n_c) on the training part) or an explicit pair."""
     import torch
 
     if isinstance(weights, str):
         if weights != "balanced":
             raise ValueError(f"class_weights must be 'balanced' or [w_benign, w_malignant], got {weights!r}.")
-        labels = np.array([i["label"] for i in datalist(dataset_dir, "train", crop_source, val_fraction, seed)])
+        labels = np.array([i["label"] for i in datalist(dataset_dir, "train", crop_source, val_fraction, seed,
+                                                          strict_rows)])
         counts = np.maximum(np.bincount(labels, minlength=2), 1)
         weights = (labels.size / (2.0 * counts)).tolist()
     if len(weights) != 2 or min(weights) <= 0:

@@ -43,6 +43,37 @@ def read_header(path: str | os.PathLike) -> Dataset:
     return ds
 
 
+DECODER_HINT = ("install the pinned decoder plugins (`pip install -r requirements.txt`: pylibjpeg, pylibjpeg-libjpeg, "
+                "pylibjpeg-openjpeg; or python-gdcm), or decompress the file first (`gdcmconv --raw in.dcm out.dcm`)")
+
+
+def check_decodable(ds: Dataset, path: str | os.PathLike) -> None:
+    """Refuse a transfer syntax that no installed pydicom decoder can decode, naming the file and what is missing.
+
+    Uncompressed syntaxes, and compressed ones with an installed decoder (with this project's requirements: JPEG
+    baseline/extended/lossless and JPEG-LS through pylibjpeg-libjpeg, JPEG 2000 and HTJ2K through
+    pylibjpeg-openjpeg, RLE and Deflate through pydicom itself), pass.
+
+    Raises:
+        DicomError: no decoder exists for the syntax in pydicom (e.g. MPEG/HEVC video), or its plugins are missing.
+    """
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not syntax.is_compressed:
+        return
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise DicomError(f"{path}: transfer syntax {syntax.name} ({syntax}) cannot be decoded: pydicom has no decoder "
+                         f"for it; convert the file to an uncompressed or JPEG/JPEG 2000 transfer syntax "
+                         f"(e.g. `gdcmconv --raw in.dcm out.dcm`).") from None
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "no plugin available"
+        raise DicomError(f"{path}: transfer syntax {syntax.name} ({syntax}) needs a decoder plugin that is not "
+                         f"installed ({missing}): {DECODER_HINT}.")
+
+
 def read_dicom(path: str | os.PathLike) -> np.ndarray:
     """Read a greyscale DICOM as a float32 (H, W) array, larger = denser.
 
@@ -51,17 +82,18 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
     the same image give the same array.
 
     Raises:
-        DicomError: see :func:`read_header`; also an unsupported (compressed, no decoder) transfer syntax, a
-            non-2D image or non-finite values.
+        DicomError: see :func:`read_header` and :func:`check_decodable`; also damaged compressed data, a non-2D
+            image or non-finite values.
     """
     ds = read_header(path)
+    check_decodable(ds, path)
     try:
         stored = ds.pixel_array
     except Exception as e:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         name = getattr(syntax, "name", str(syntax))
-        raise DicomError(f"{path}: cannot decode pixel data with transfer syntax {name} ({syntax}): {e}. "
-                         f"Decompress it first, e.g. `gdcmconv --raw in.dcm out.dcm`.") from e
+        raise DicomError(f"{path}: cannot decode pixel data with transfer syntax {name} ({syntax}), the compressed "
+                         f"data is damaged or not what the header says ({type(e).__name__}: {e}).") from e
     if stored.ndim != 2:
         raise DicomError(f"{path}: expected one 2D greyscale frame, got pixel array of shape {stored.shape}.")
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
