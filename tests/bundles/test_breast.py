@@ -549,6 +549,64 @@ def test_inference_without_checkpoint_is_a_clear_error(tiny_data, tmp_path):
     assert files_under(tmp_path / "out") == []
 
 
+def _compressed_copy(source: Path, target: Path, syntax: str) -> None:
+    """Re-encode a DICOM file losslessly: JPEG 2000 through pydicom's own encoder (pylibjpeg-openjpeg); JPEG-Lossless
+    SV1 and JPEG-LS with imagecodecs (pydicom has no encoder for them), encapsulated as a scanner would."""
+    import imagecodecs
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless
+
+    ds = pydicom.dcmread(source)
+    if syntax == "jpeg2000":
+        ds.compress(JPEG2000Lossless)
+    else:
+        stored, bits = ds.pixel_array, int(ds.BitsStored)
+        if syntax == "jpeg_lossless":
+            frame, uid = imagecodecs.jpeg8_encode(stored, lossless=True, predictor=1, bitspersample=bits), JPEGLosslessSV1
+        else:
+            frame, uid = imagecodecs.jpegls_encode(stored, level=0), JPEGLSLossless
+        ds.PixelData = encapsulate([frame])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = uid
+    ds.save_as(target, enforce_file_format=True)
+
+
+def test_compressed_dicom_crops_decode_to_the_same_pixels(tiny_data, tmp_path):
+    """Issue 13 kind 6: JPEG-Lossless, JPEG-LS and JPEG 2000 crops (pylibjpeg plugins) give the uncompressed file's
+    pixels through the breast reader, and the same network input and prediction at inference."""
+    import pydicom
+
+    dicom, inference = mod("dicom"), mod("inference")
+    rows = read_table(tiny_data / TEST_CSV)
+    picked = {}
+    for row in rows:  # one MONOCHROME1 and one MONOCHROME2 crop, whatever their bit depth and rescale
+        ds = pydicom.dcmread(tiny_data / row["cropped image file path"].strip(), stop_before_pixels=True)
+        picked.setdefault(str(ds.PhotometricInterpretation), row["cropped image file path"].strip())
+    assert set(picked) == {"MONOCHROME1", "MONOCHROME2"}
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for n, source in enumerate(sorted(picked.values())):
+        shutil.copy(tiny_data / source, inputs / f"m{n}_raw.dcm")
+        reference = dicom.read_dicom(inputs / f"m{n}_raw.dcm")
+        for syntax in ("jpeg_lossless", "jpegls", "jpeg2000"):
+            target = inputs / f"m{n}_{syntax}.dcm"
+            _compressed_copy(inputs / f"m{n}_raw.dcm", target, syntax)
+            assert pydicom.dcmread(target, stop_before_pixels=True).file_meta.TransferSyntaxUID.is_compressed
+            np.testing.assert_array_equal(dicom.read_dicom(target), reference)
+    parts, net, ckpt = _inference_parts(tmp_path)
+    for n in range(2):
+        raw = parts["preprocessing"]({"image": str(inputs / f"m{n}_raw.dcm")})["image"]
+        jpeg = parts["preprocessing"]({"image": str(inputs / f"m{n}_jpeg_lossless.dcm")})["image"]
+        assert torch.equal(torch.as_tensor(raw), torch.as_tensor(jpeg))
+    inference.predict(inputs, tmp_path / "out", net, ckpt, **parts, gradcam=False)
+    probs = {r["case"]: float(r["p_malignant"]) for r in read_table(tmp_path / "out" / "predictions.csv")}
+    assert len(probs) == 8
+    for n in range(2):
+        for syntax in ("jpeg_lossless", "jpegls", "jpeg2000"):
+            assert probs[f"m{n}_{syntax}"] == pytest.approx(probs[f"m{n}_raw"], abs=1e-6)
+
+
 # --------------------------------------------------------------------------------------------- workflows
 def test_train_evaluate_infer_outputs(trained):
     from PIL import Image
