@@ -336,21 +336,28 @@ def test_training_on_bad_data_fails_before_training(tiny_data, tmp_path):
     assert not (tmp_path / "out" / "models").exists()
 
 
-def test_inference_skips_a_bad_case_and_fails_naming_it(mods, trained, tiny_data, tmp_path):
+def test_inference_skips_a_bad_case_and_fails_naming_it(mods, trained, tiny_data, tmp_path, caplog):
+    import logging
+
     from common.validation import BatchFailure
     from monai.bundle import ConfigParser
 
     inp = tmp_path / "input"
     _copy_case(tiny_data / "BraTS2021_00000", inp)
     filename = _missing_sequence(_copy_case(tiny_data / "BraTS2021_00001", inp))
+    (inp / "BraTS2021_00002_t1.nii.gz").write_bytes(b"a file outside any case folder")  # issue 13 kind 6: named
+    (inp / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # hidden: ignored silently
     parser = ConfigParser()
     parser.read_config([str(REPO / "bundles" / AREA / "configs" / n) for n in ("inference.json", "tiny.json")])
     parser.update({"input_dir": str(inp), "output_dir": str(tmp_path / "pred"),
                    "ckpt_path": str(trained / "models" / "model.pt")})
     parser.parse()
-    with pytest.raises(BatchFailure) as err:
+    with pytest.raises(BatchFailure) as err, caplog.at_level(logging.WARNING):
         parser.get_parsed_content("predict")()
     assert filename in str(err.value) and "1 input(s) failed (1 processed)" in str(err.value)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"{inp / 'BraTS2021_00002_t1.nii.gz'}: not predicted: a file, not a case folder" in "\n".join(warned)
+    assert not any(".DS_Store" in m for m in warned)
     written = sorted(p.name for p in (tmp_path / "pred" / "predictions").iterdir())
     assert written == ["BraTS2021_00000_pred.nii.gz"], "good case written, bad one not, no temporary file left"
 

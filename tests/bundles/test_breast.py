@@ -616,7 +616,7 @@ def test_train_evaluate_infer_outputs(trained):
     splits = json.loads((out / "splits.json").read_text())
     assert splits["train"] and splits["val"] and not set(splits["train"]) & set(splits["val"])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["key_metric"] == "auc" and metrics["num_cases"] == 8
+    assert metrics["key_metric"] == "auc" and metrics["num_cases"] == 8 and metrics["num_skipped_rows"] == 0
     for name in ("auc", "accuracy", "precision", "sensitivity", "specificity"):
         assert name in metrics and f"{name}_ci95" in metrics
     per_case = read_table(out / "metrics_per_case.csv")

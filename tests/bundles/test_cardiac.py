@@ -321,6 +321,34 @@ def test_bad_input_names_patient_and_file(how, stage, tiny_dir, tmp_path, pipeli
     assert str(bad_file) in message and patient.name in message, message
 
 
+def test_inference_names_files_it_does_not_predict(tiny_dir, tmp_path, caplog):
+    """Issue 13 kind 6: a file beside the patient folders is named in a warning; a hidden one is ignored; the
+    patient folders are predicted (random weights: only the listing and the outputs are checked)."""
+    import logging
+
+    import torch
+    from monai.bundle import ConfigParser
+
+    inference = import_bundle_module(AREA, "inference")
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "tiny.json")])
+    parser["device"] = "$torch.device('cpu')"
+    parts = {k: parser.get_parsed_content(k) for k in ("network", "preprocessing", "inferer", "postprocessing",
+                                                       "device")}
+    torch.save(parts["network"].state_dict(), tmp_path / "model.pt")
+    dataset = tmp_path / "in"
+    patient = sorted((tiny_dir / "testing").iterdir())[0]
+    shutil.copytree(patient, dataset / patient.name)
+    (dataset / "patient999_frame01.nii.gz").write_bytes(b"outside any patient folder")
+    (dataset / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    with caplog.at_level(logging.WARNING):
+        rows = inference.run(str(dataset), str(tmp_path / "out"), ckpt_path=str(tmp_path / "model.pt"), **parts)
+    assert [r["patient"] for r in rows] == [patient.name]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"{dataset / 'patient999_frame01.nii.gz'}: not predicted: a file, not a case folder" in "\n".join(warned)
+    assert not any(".DS_Store" in m for m in warned)
+
+
 def test_missing_checkpoint_is_a_clear_error(tiny_dir, tmp_path, pipeline_parts):
     inference = import_bundle_module(AREA, "inference")
     parts = dict(pipeline_parts, ckpt_path=str(tmp_path / "nowhere" / "model.pt"))
