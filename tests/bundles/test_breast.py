@@ -285,7 +285,7 @@ def test_unresolvable_row_is_skipped_named_or_refused_with_strict_rows(tiny_data
         items = data.load_split(root, "train", "cropped", data.Problems("t"), strict_rows=False)
     assert [i["case"] for i in items] == [data.case_id(rows[i], "train") for i in (0, 2)]
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any(m.startswith(f"{where} ({case}): row skipped") and "2 files of its .dcm files is the cropped image"
+    assert any(m.startswith(f"{where} ({case}): row skipped") and "2 of its .dcm files could each be the cropped image"
                in m and "1-1.dcm (grey-level image" in m for m in warned), warned
     assert data.skip_summary(root, "train", "cropped") == {"num_skipped_rows": 1}
     with pytest.raises(DatasetError) as info:
@@ -563,7 +563,8 @@ def _compressed_copy(source: Path, target: Path, syntax: str) -> None:
     else:
         stored, bits = ds.pixel_array, int(ds.BitsStored)
         if syntax == "jpeg_lossless":
-            frame, uid = imagecodecs.jpeg8_encode(stored, lossless=True, predictor=1, bitspersample=bits), JPEGLosslessSV1
+            frame = imagecodecs.jpeg8_encode(stored, lossless=True, predictor=1, bitspersample=bits)
+            uid = JPEGLosslessSV1
         else:
             frame, uid = imagecodecs.jpegls_encode(stored, level=0), JPEGLSLossless
         ds.PixelData = encapsulate([frame])

@@ -1,4 +1,4 @@
-"""common.inputs: every entry of an inference input folder is predicted, used, or named in a warning (issue 13 kind 6)."""
+"""common.inputs: each entry of an inference input folder is predicted, used or named in a warning (issue 13 kind 6)."""
 
 from __future__ import annotations
 

@@ -82,6 +82,16 @@ KIND_NAMES = {"full": "full mammogram", "cropped": "cropped image", "mask": "ROI
 
 
 def dicom_kind(path: Path) -> tuple[str, str]:
+    """See :func:`_dicom_kind`; cached per file version (a split is loaded several times per run)."""
+    try:
+        stat = Path(path).stat()
+    except OSError as e:
+        return "unreadable", f"not readable ({e})"
+    return _dicom_kind(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=65536)
+def _dicom_kind(path: str, mtime_ns: int, size: int) -> tuple[str, str]:
     """What a CBIS-DDSM DICOM file is: ``("cropped" | "full" | "mask" | "grey" | "unreadable", how it was told)``.
 
     The header decides when its SeriesDescription says ``cropped images`` or ``full mammogram images``. A file
@@ -137,8 +147,8 @@ def _pick(found: list[Path], column: str, cell: str) -> tuple[Path | None, str]:
     if len(fits) == 1:
         return fits[0], ""
     seen = ", ".join(f"{p.name} ({KIND_NAMES.get(kinds[p][0], kinds[p][0])}: {kinds[p][1]})" for p in found)
-    verdict = "none" if not fits else f"{len(fits)} files"
-    return None, f"{verdict} of its .dcm files is the {KIND_NAMES[want]} [{seen}]"
+    verdict = "none of its .dcm files is" if not fits else f"{len(fits)} of its .dcm files could each be"
+    return None, f"{verdict} the {KIND_NAMES[want]}, told by header or content [{seen}]"
 
 
 def resolve(dataset_dir: Path, cell: str, column: str) -> tuple[Path | None, str]:
