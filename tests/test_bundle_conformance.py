@@ -2,10 +2,11 @@
 
 For each bundle, in subprocesses from the repository root (each bundle's ``scripts`` package needs its own
 interpreter): synthesize → train (1 epoch, tiny) → evaluate → inference, with exactly the commands of DESIGN.md and
-the bundle's ``configs/tiny.json`` merged last; then the outputs are checked for their documented form, the network
-for its declared input/output (``monai.bundle verify_net_in_out``), and a TorchScript export of the trained
-checkpoint (``monai.bundle ckpt_export``) for giving the eager network's output. New bundle folders are picked up
-without edits.
+the bundle's ``configs/tiny.json`` merged last, for the first workflow its ``metadata.json`` declares (one run per
+bundle, shared with the bundle's own tests: ``tiny_pipeline`` in conftest.py); then the outputs are checked for their
+documented form, the network for its declared input/output (``monai.bundle verify_net_in_out``), and a TorchScript
+export of the trained checkpoint (``monai.bundle ckpt_export``) for giving the eager network's output. New bundle
+folders are picked up without edits.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle_harness import BUNDLES, REPO, SCHEMA, config_list, run_monai_bundle
+from bundle_harness import BUNDLES, REPO, SCHEMA, run_monai_bundle, tiny_settings
 
 AREAS = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "metadata.json").is_file()) if BUNDLES.is_dir() else []
 CONTRACT_FILES = ("metadata.json", "train.json", "evaluate.json", "inference.json", "multi_gpu_train.json",
@@ -27,28 +28,10 @@ CONTRACT_FILES = ("metadata.json", "train.json", "evaluate.json", "inference.jso
 pytestmark = pytest.mark.skipif(not AREAS, reason="no bundle in bundles/ yet")
 
 
-def tiny_settings(area: str) -> dict:
-    return json.loads((BUNDLES / area / "configs" / "tiny.json").read_text())
-
-
 @pytest.fixture(scope="module", params=AREAS)
-def pipeline(request, tmp_path_factory):
-    """Synthesize, train, evaluate and infer once per bundle; the tests below check what it wrote."""
-    area = request.param
-    work = tmp_path_factory.mktemp(area)
-    data, out, pred = work / "data", work / "out", work / "pred"
-    tiny = tiny_settings(area)
-    run_monai_bundle(["run", "--config_file", config_list(area, "synthesize", "tiny"), "--dataset_dir", data,
-                      "--seed", 0])
-    train = run_monai_bundle(["run", "--config_file", config_list(area, "train", "tiny"), "--dataset_dir", data,
-                              "--output_dir", out, "--epochs", 1])
-    evaluate = run_monai_bundle(["run", "--config_file", config_list(area, "train", "evaluate", "tiny"),
-                                 "--dataset_dir", data, "--output_dir", out])
-    input_dir = data / tiny.get("harness_inference_input", "")
-    infer = run_monai_bundle(["run", "--config_file", config_list(area, "inference", "tiny"), "--input_dir", input_dir,
-                              "--output_dir", pred, "--ckpt_path", out / "models" / "model.pt"])
-    return {"area": area, "work": work, "data": data, "out": out, "pred": pred, "tiny": tiny,
-            "logs": {"train": train, "evaluate": evaluate, "inference": infer}}
+def pipeline(request, tiny_pipeline):
+    """Synthesize, train, evaluate and infer once per bundle (shared with the bundle's own tests)."""
+    return tiny_pipeline(request.param)
 
 
 @pytest.mark.parametrize("area", AREAS)
@@ -75,7 +58,6 @@ def test_every_config_parses(area):
         parser.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in names])
         assert "run" in parser, f"{area}: {'+'.join(names)} has no 'run'"
     tiny = tiny_settings(area)
-    assert isinstance(tiny.get("harness_inference_input"), str), "tiny.json needs harness_inference_input"
     assert isinstance(tiny.get("harness_input_shape"), list), "tiny.json needs harness_input_shape"
     assert all(not k.count("#") and not k.count("::") for k in tiny), "tiny.json must hold top-level ids only"
 

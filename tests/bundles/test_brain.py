@@ -32,20 +32,15 @@ def mods():
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """Four tiny synthetic cases written through the bundle's own synthesize command."""
-    data = tmp_path_factory.mktemp("brain") / "data"
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "synthesize", "tiny"), "--dataset_dir", data,
-                      "--seed", 0])
-    return data
+def tiny_data(tiny_pipeline):
+    """Four tiny synthetic cases written through the bundle's own synthesize command (shared, read-only)."""
+    return tiny_pipeline(AREA)["data"]
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("brain_out")
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "tiny"), "--dataset_dir", tiny_data,
-                      "--output_dir", out, "--epochs", 1])
-    return out
+def trained(tiny_pipeline):
+    """Output folder of the shared tiny run: 1 epoch of training, then evaluate on ``tiny_data`` (read-only)."""
+    return tiny_pipeline(AREA)["out"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -161,10 +156,7 @@ def test_training_writes_split_and_checkpoint(trained, tiny_data):
 
 
 def test_evaluate_and_inference_geometry(trained, tiny_data, tmp_path):
-    out = tmp_path / "eval"
-    shutil.copytree(trained / "models", out / "models")
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "evaluate", "tiny"),
-                      "--dataset_dir", tiny_data, "--output_dir", out])
+    out = trained  # the shared run evaluated on tiny_data with the evaluate command
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["key_metric"] == "mean_dice" and metrics["num_cases"] == TINY["num_cases"]
     for name in ("dice_tc", "dice_wt", "dice_et", "hd95_tc", "hd95_wt", "hd95_et"):

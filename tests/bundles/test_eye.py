@@ -21,26 +21,23 @@ from bundle_harness import REPO, SCHEMA, config_list, import_bundle_module, run_
 
 AREA = "eye"
 CONFIGS = REPO / "bundles" / AREA / "configs"
-HEIGHT, WIDTH = 96, 80  # non-square on purpose: a swapped axis shows up as a wrong output size
+HEIGHT, WIDTH = 96, 80  # tiny.json: non-square on purpose, a swapped axis shows up as a wrong output size
+TINY = json.loads((REPO / "bundles" / AREA / "configs" / "tiny.json").read_text())
 
 
 # ----------------------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    """A tiny synthetic DRIVE dataset written by the real synthesize command."""
-    root = tmp_path_factory.mktemp("eye_data") / "D"
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "synthesize", "tiny"), "--dataset_dir", root,
-                      "--seed", 0, "--image_height", HEIGHT, "--image_width", WIDTH])
+def tiny_dir(tiny_pipeline) -> Path:
+    """A tiny synthetic DRIVE dataset written by the real synthesize command (shared, read-only)."""
+    root = tiny_pipeline(AREA)["data"]
+    assert (TINY["image_height"], TINY["image_width"]) == (HEIGHT, WIDTH)
     return root
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_dir, tmp_path_factory) -> Path:
-    """Output folder of one tiny training run (1 epoch)."""
-    out = tmp_path_factory.mktemp("eye_out")
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "tiny"), "--dataset_dir", tiny_dir,
-                      "--output_dir", out, "--epochs", 1])
-    return out
+def trained(tiny_pipeline) -> Path:
+    """Output folder of the shared tiny run: 1 epoch of training, then evaluate on ``tiny_dir`` (read-only)."""
+    return tiny_pipeline(AREA)["out"]
 
 
 @pytest.fixture
@@ -279,9 +276,7 @@ def test_train_outputs(trained):
     assert not set(split["train"]) & set(split["validation"])
 
 
-def test_evaluate_writes_fov_metrics(run_bundle, tiny_dir, trained):
-    run_bundle(["run", "--config_file", config_list(AREA, "train", "evaluate", "tiny"), "--dataset_dir", tiny_dir,
-                "--output_dir", trained])
+def test_evaluate_writes_fov_metrics(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["key_metric"] == "dice" and metrics["num_cases"] == 8
     for name in ("dice", "auc", "accuracy", "sensitivity", "specificity"):
@@ -291,10 +286,8 @@ def test_evaluate_writes_fov_metrics(run_bundle, tiny_dir, trained):
     assert rows[0].startswith("case,dice,auc") and len(rows) == 9 and rows[1].startswith("01_test,")
 
 
-def test_inference_outputs_at_input_size(run_bundle, tiny_dir, trained, tmp_path):
-    out = tmp_path / "pred"
-    run_bundle(["run", "--config_file", config_list(AREA, "inference", "tiny"), "--input_dir",
-                tiny_dir / "test" / "images", "--output_dir", out, "--ckpt_path", trained / "models" / "model.pt"])
+def test_inference_outputs_at_input_size(tiny_pipeline):
+    out = tiny_pipeline(AREA)["pred"]  # the shared run inferred on the test images
     files = sorted(p.name for p in (out / "predictions").iterdir())
     assert len(files) == 16 and files[:2] == ["01_test_prob.png", "01_test_seg.png"]
     seg = np.asarray(Image.open(out / "predictions" / "01_test_seg.png"))

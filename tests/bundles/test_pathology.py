@@ -29,19 +29,15 @@ def mod(name: str):
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    data = tmp_path_factory.mktemp("pathology_data")
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "synthesize", "tiny"), "--dataset_dir", data,
-                      "--seed", 0])
-    return data
+def dataset(tiny_pipeline) -> Path:
+    """The tiny synthetic PCam set (and slide) of the shared run (read-only)."""
+    return tiny_pipeline(AREA)["data"]
 
 
 @pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("pathology_out")
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "tiny"), "--dataset_dir", dataset,
-                      "--output_dir", out, "--epochs", 1])
-    return out
+def trained(tiny_pipeline) -> Path:
+    """Output folder of the shared tiny run: 1 epoch of training, then evaluate (read-only)."""
+    return tiny_pipeline(AREA)["out"]
 
 
 # ------------------------------------------------------------------------------------------------ stain normalisation
