@@ -89,6 +89,28 @@ def test_train_properties_and_outputs(pipeline):
     assert model.is_file() and model.stat().st_size > 0, "train wrote no models/model.pt"
 
 
+def test_training_settings_beside_the_model_reach_evaluate_and_inference(pipeline):
+    """Training writes ``models/model.json`` beside ``model.pt``; evaluate and inference parsed WITHOUT tiny.json and
+    given only ``ckpt_path`` resolve every recorded id to the trained (tiny) value; the command line still wins."""
+    from monai.bundle import ConfigParser
+
+    area, model = pipeline["area"], pipeline["out"] / "models" / "model.pt"
+    settings = json.loads(model.with_suffix(".json").read_text())
+    tiny = pipeline["tiny"]
+    assert settings and any(k in tiny for k in settings), f"{area}: model.json records none of tiny.json's ids"
+    for names in (("inference",), ("train", "evaluate")):
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in names])
+        parser["ckpt_path"] = str(model)
+        for key, value in settings.items():
+            assert parser.get_parsed_content(key) == value, f"{area} {'+'.join(names)}: {key} != recorded {value!r}"
+        key = next(iter(settings))
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in names])
+        parser.update({"ckpt_path": str(model), key: "from the command line"})
+        assert parser.get_parsed_content(key) == "from the command line"
+
+
 def test_evaluate_outputs(pipeline):
     metrics = json.loads((pipeline["out"] / "metrics.json").read_text())
     key = metrics["key_metric"]
