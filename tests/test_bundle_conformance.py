@@ -15,11 +15,10 @@ import csv
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 
-from bundle_harness import BUNDLES, REPO, SCHEMA, run_monai_bundle, tiny_settings
+from bundle_harness import BUNDLES, REPO, SCHEMA, import_bundle_module, run_monai_bundle, tiny_settings
 
 AREAS = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "metadata.json").is_file()) if BUNDLES.is_dir() else []
 CONTRACT_FILES = ("metadata.json", "train.json", "evaluate.json", "inference.json", "multi_gpu_train.json",
@@ -71,6 +70,27 @@ def test_metadata_valid_offline(area):
     jsonschema.validate(meta, json.loads(SCHEMA.read_text()))
     assert meta["version"] in meta["changelog"], "the current version needs a changelog line"
     assert "image" in meta["network_data_format"]["inputs"]
+
+
+@pytest.mark.parametrize("area", AREAS)
+def test_network_defined_identically_in_train_evaluate_and_inference(area, tmp_path):
+    """train.json, train+evaluate.json and inference.json build the same network (class, layers, parameter shapes)
+    from their defaults (a checkpoint path with no training settings beside it)."""
+    from monai.bundle import ConfigParser
+
+    if (BUNDLES / area / "scripts" / "networks.py").is_file():
+        import_bundle_module(area, "networks")  # the parser resolves "scripts.networks.X" from sys.modules
+    built = {}
+    for names in (("train",), ("train", "evaluate"), ("inference",)):
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in names])
+        parser["ckpt_path"] = str(tmp_path / "elsewhere" / "model.pt")
+        net = parser.get_parsed_content("network_def")
+        built["+".join(names)] = (type(net).__name__, {k: tuple(v.shape) for k, v in net.state_dict().items()})
+    first = built["train"]
+    assert first[1], f"{area}: network_def has no parameters"
+    for names, net in built.items():
+        assert net == first, f"{area}: {names} builds another network than train.json"
 
 
 def test_train_properties_and_outputs(pipeline):

@@ -11,7 +11,7 @@ import pytest
 
 from common import main_job
 from common.main_job import BundleResult, Step, bundle_steps, format_summary, headline, select_workflows
-from common.workflows import Workflow, bundle_workflows
+from common.workflows import bundle_workflows
 
 EYE_METRICS = {"key_metric": "dice", "dice": 0.7812, "dice_ci95": [0.75, 0.81], "auc": 0.9534, "accuracy": 0.9411,
                "sensitivity": 0.71, "specificity": 0.98, "hd95": None, "hd95_num_undefined": 2, "num_cases": 10}

@@ -129,21 +129,6 @@ def test_dice_and_hd95_by_hand(mods):
 # ---------------------------------------------------------------------------------------------------------------------
 # configs
 # ---------------------------------------------------------------------------------------------------------------------
-def test_network_defined_identically_in_train_and_inference():
-    from monai.bundle import ConfigParser
-
-    nets = []
-    for name in ("train", "inference"):
-        parser = ConfigParser()
-        parser.read_config(str(REPO / "bundles" / AREA / "configs" / f"{name}.json"))
-        parser.parse()
-        net = parser.get_parsed_content("network_def")
-        nets.append((repr(net), sum(p.numel() for p in net.parameters())))
-        out = net(torch.zeros(1, 4, 16, 16, 16))
-        assert tuple(out.shape) == (1, 3, 16, 16, 16)
-    assert nets[0] == nets[1]
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # workflows: training split, evaluation in the input's grid, prediction geometry
 # ---------------------------------------------------------------------------------------------------------------------
