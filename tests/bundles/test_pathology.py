@@ -371,7 +371,8 @@ def _parsed_stain_setting(configs: list[str], ckpt_path: Path, **overrides) -> b
 
 @pytest.mark.parametrize("recorded", [True, False])
 def test_evaluate_and_inference_use_the_stain_setting_the_model_was_trained_with(trained, tmp_path, recorded):
-    assert json.loads((trained / "models" / "model.json").read_text()) == {"stain_normalisation": True}
+    assert json.loads((trained / "models" / "model.json").read_text()) == {
+        "stain_normalisation": True, "channels": TINY["channels"], "dropout": 0.2}
     ckpt = tmp_path / "models" / "model.pt"
     ckpt.parent.mkdir()
     ckpt.write_bytes((trained / "models" / "model.pt").read_bytes())
@@ -384,10 +385,8 @@ def test_evaluate_and_inference_use_the_stain_setting_the_model_was_trained_with
     assert _parsed_stain_setting(["train", "evaluate"], ckpt) is True
 
 
-def test_inference_heatmap_matches_the_slide(dataset, trained, tmp_path):
-    out = tmp_path / "pred"
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "inference", "tiny"), "--input_dir", dataset,
-                      "--output_dir", out, "--ckpt_path", trained / "models" / "model.pt"])
+def test_inference_heatmap_matches_the_slide(tiny_pipeline, dataset):
+    out = tiny_pipeline(AREA)["pred"]  # the shared run inferred on the data set folder (slide + patch files)
     stride = TINY["heatmap_stride"]
     heat = tifffile.imread(out / "predictions" / "synthetic_slide_000_prob.tif")
     cells = math.ceil(1024 / stride)
