@@ -199,6 +199,9 @@ class ResumableCheckpoint:
         logger.info("resumed from %s at epoch %d of %d", path, engine.state.epoch, engine.state.max_epochs)
 
 
+_SETTINGS_MISSING_LOGGED: set[str] = set()
+
+
 def settings_path(ckpt_path: str | Path) -> Path:
     """The JSON file of training settings beside a model checkpoint: ``models/model.pt`` -> ``models/model.json``."""
     return Path(str(ckpt_path)).with_suffix(".json")
@@ -209,14 +212,19 @@ def model_setting(ckpt_path: str | Path, key: str, default: Any) -> Any:
     the checkpoint has no settings file (e.g. one trained elsewhere) or the file does not record ``key``.
 
     Evaluation and inference use it so that preprocessing matches what the network was trained with, without the
-    user having to repeat the training flags.
+    user having to repeat the training flags: every bundle's ``evaluate.json`` and ``inference.json`` define each
+    recorded id as ``"$common.checkpoint.model_setting(@ckpt_path, '<id>', <default>)"``, and a value given on the
+    command line replaces that expression (the command line wins), as nnU-Net's plans travel with its model.
 
     Raises:
         CheckpointError: the settings file exists but is not a JSON object.
     """
     path = settings_path(ckpt_path)
     if not path.is_file():
-        logger.info("no training settings beside %s; using %s=%r", ckpt_path, key, default)
+        if str(path) not in _SETTINGS_MISSING_LOGGED:
+            _SETTINGS_MISSING_LOGGED.add(str(path))
+            logger.warning("no training settings %s beside the checkpoint: evaluate/inference use the config's "
+                           "values (pass the training flags again if the model was trained with others)", path)
         return default
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))

@@ -1,20 +1,25 @@
 """The collection's main job: every bundle end to end on its synthetic data, tracked in one MLflow store.
 
-For each selected bundle, in subprocesses from the repository root and with exactly the commands of DESIGN.md:
+For each workflow that a bundle declares in its ``configs/metadata.json`` (``common.workflows``), in subprocesses
+from the repository root and with exactly the commands of DESIGN.md:
 
-1. synthesize the dataset into ``<out>/data/<area>``;
-2. train with the demo settings (``train.json`` defaults) under ``--tracking mlflow --tracking_uri <store>``;
-3. evaluate (``['train.json','evaluate.json']``), tracked in the same store;
-4. infer on ``<dataset>/<harness_inference_input>`` (the sub-path named in the bundle's ``configs/tiny.json``).
+1. synthesize the training data set into ``<out>/data/<name>/train`` (``--seed 0``);
+2. synthesize a held-out data set of another seed into ``<out>/data/<name>/heldout`` (``--seed 1``);
+3. train with the demo settings (``train.json`` defaults) under ``--tracking mlflow --tracking_uri <store>``;
+4. evaluate (``['train.json','evaluate.json']``) on the held-out set, tracked in the same store, so every summary
+   line is measured on cases that training never saw (brain's layout has no test split: without this it would
+   evaluate on its training cases);
+5. infer on ``<heldout>/<inference_input>`` (the sub-path the workflow declares).
 
-Outputs go to ``<out>/runs/<area>``, each step's log to ``<out>/logs/<area>_<step>.log``. At the end it prints a
-summary table (bundle, key metric with its 95 % CI, other headline metrics of ``metrics.json``, train and inference
-time) and writes the visual report (``common.report``) from the MLflow store. It exits non-zero when a bundle failed,
-after running the others.
+``<name>`` is the bundle (``eye``) or, for a bundle with several workflows, ``<bundle>-<workflow>``. Outputs go to
+``<out>/runs/<name>``, each step's log to ``<out>/logs/<name>_<step>.log``. At the end it prints a summary table
+(bundle, key metric with its 95 % CI, other headline metrics of ``metrics.json``, train and inference time) and
+writes the visual report (``common.report``) from the MLflow store. It exits non-zero when a bundle failed, after
+running the others.
 
 Usage (from the repository root)::
 
-    python -m common.main_job                                   # all five bundles, store <out>/mlruns.db
+    python -m common.main_job                                   # every bundle, store <out>/mlruns.db
     python -m common.main_job --bundles eye breast --out /tmp/demo
     python -m common.main_job --tracking_uri http://127.0.0.1:5000
     python -m common.main_job --tiny                            # tiny sizes (tests, smoke checks)
@@ -38,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from common.paths import REPO_ROOT
+from common.workflows import Workflow, bundle_areas, bundle_workflows
 
-AREAS = ("brain", "eye", "pathology", "breast", "cardiac")
-REQUIRED_CONFIGS = ("synthesize.json", "train.json", "evaluate.json", "inference.json")
-STEPS = ("synthesize", "train", "evaluate", "inference")
+STEPS = ("synthesize", "synthesize_heldout", "train", "evaluate", "inference")
+TRAIN_SEED, HELDOUT_SEED = 0, 1
 DEFAULT_OUT = REPO_ROOT / "demo_runs"
 _PROGRESS = re.compile(r"Epoch: (\d+)/(\d+), Iter: (\d+)/(\d+)")
 _TIMESTAMP = re.compile(r"^\d{4}[-/]\d\d[-/]\d\d[ T][\d:,.]+\s*(- )?")
@@ -49,7 +54,7 @@ _TIMESTAMP = re.compile(r"^\d{4}[-/]\d\d[-/]\d\d[ T][\d:,.]+\s*(- )?")
 
 @dataclass
 class Step:
-    """One subprocess of a bundle's pipeline."""
+    """One subprocess of a workflow's pipeline."""
 
     area: str
     name: str
@@ -59,7 +64,7 @@ class Step:
 
 @dataclass
 class BundleResult:
-    """What happened to one bundle."""
+    """What happened to one workflow of a bundle (``area`` is the bundle, or ``<bundle>-<workflow>``)."""
 
     area: str
     status: str = "ok"  # ok | failed | skipped
@@ -71,26 +76,32 @@ class BundleResult:
 # --------------------------------------------------------------------------------------------------------------------
 # planning
 # --------------------------------------------------------------------------------------------------------------------
-def select_bundles(requested: Sequence[str] | None, bundles_dir: Path) -> tuple[list[str], list[BundleResult]]:
-    """The bundles to run (in ``AREAS`` order) and the skipped ones: a bundle folder that does not exist yet is
-    skipped with a message; a folder that lacks one of the four workflow configs is reported as failed."""
-    selected, skipped = [], []
-    for area in [a for a in AREAS if a in set(requested or AREAS)]:
-        folder = bundles_dir / area
-        if not folder.is_dir():
-            skipped.append(BundleResult(area, "skipped", f"no bundle folder {folder} yet"))
+def select_workflows(requested: Sequence[str] | None,
+                     bundles_dir: Path) -> tuple[list[Workflow], list[BundleResult]]:
+    """The workflows to run (bundles in name order, workflows in declared order) and the bundles that cannot run:
+    a requested bundle with no folder is skipped with a message; one whose ``metadata.json`` declares a workflow
+    badly (or names a config file that is missing) is reported as failed."""
+    available = bundle_areas(bundles_dir)
+    selected, others = [], []
+    for area in sorted(set(requested or available)):
+        if area not in available:
+            others.append(BundleResult(area, "skipped", f"no bundle folder with configs/metadata.json in {bundles_dir}"))
             continue
-        missing = [c for c in REQUIRED_CONFIGS if not (folder / "configs" / c).is_file()]
-        if missing:
-            names = ", ".join(f"configs/{c}" for c in missing)
-            skipped.append(BundleResult(area, "failed", f"incomplete bundle: missing {names}"))
-            continue
-        selected.append(area)
-    return selected, skipped
+        try:
+            selected += bundle_workflows(bundles_dir / area)
+        except ValueError as e:
+            others.append(BundleResult(area, "failed", f"incomplete bundle: {e}"))
+    return selected, others
+
+
+def run_name(workflow: Workflow, bundles_dir: Path) -> str:
+    """``eye`` for a bundle's only workflow, ``breast-detection`` for one of several (folder and log names)."""
+    return workflow.area if len(bundle_workflows(bundles_dir / workflow.area)) == 1 \
+        else f"{workflow.area}-{workflow.name}"
 
 
 def _config_path(bundles_dir: Path, area: str, name: str) -> str:
-    path = bundles_dir / area / "configs" / f"{name}.json"
+    path = bundles_dir / area / "configs" / name
     try:
         return path.relative_to(REPO_ROOT).as_posix()  # the DESIGN.md spelling, run from the repository root
     except ValueError:
@@ -99,38 +110,34 @@ def _config_path(bundles_dir: Path, area: str, name: str) -> str:
 
 def config_arg(bundles_dir: Path, area: str, names: Sequence[str], tiny: bool = False) -> str:
     """The ``--config_file`` value: one path, or MONAI's list syntax ``"['a.json','b.json']"`` to merge several."""
-    names = list(names) + (["tiny"] if tiny else [])
+    names = list(names) + (["tiny.json"] if tiny else [])
     paths = [_config_path(bundles_dir, area, n) for n in names]
     return paths[0] if len(paths) == 1 else "[" + ",".join(f"'{p}'" for p in paths) + "]"
 
 
-def inference_subpath(bundles_dir: Path, area: str) -> str:
-    """``harness_inference_input`` of the bundle's ``configs/tiny.json`` ("" when absent: the dataset folder)."""
-    tiny = bundles_dir / area / "configs" / "tiny.json"
-    try:
-        return str(json.loads(tiny.read_text()).get("harness_inference_input", "") or "")
-    except (OSError, ValueError):
-        return ""
-
-
-def bundle_steps(area: str, out: Path, tracking_uri: str, tiny: bool = False,
+def bundle_steps(workflow: Workflow, out: Path, tracking_uri: str, tiny: bool = False,
                  bundles_dir: Path = REPO_ROOT / "bundles", python: str = sys.executable) -> list[Step]:
-    """The four DESIGN.md commands of one bundle."""
-    data, runs, logs = out / "data" / area, out / "runs" / area, out / "logs"
+    """The DESIGN.md commands of one workflow, training data and held-out data synthesized with different seeds."""
+    name = run_name(workflow, bundles_dir)
+    data, heldout, runs, logs = out / "data" / name / "train", out / "data" / name / "heldout", out / "runs" / name, \
+        out / "logs"
     bundle = [python, "-m", "monai.bundle", "run", "--config_file"]
     tracking = ["--tracking", "mlflow", "--tracking_uri", tracking_uri]
-    sub = inference_subpath(bundles_dir, area)
-    input_dir = data / sub if sub else data
+    input_dir = heldout / workflow.inference_input if workflow.inference_input else heldout
+    area, cfg = workflow.area, workflow.configs
+
+    def config(step: str) -> str:
+        return config_arg(bundles_dir, area, cfg[step], tiny)
+
     argvs = {
-        "synthesize": bundle + [config_arg(bundles_dir, area, ["synthesize"], tiny), "--dataset_dir", str(data)],
-        "train": bundle + [config_arg(bundles_dir, area, ["train"], tiny), "--dataset_dir", str(data),
-                           "--output_dir", str(runs)] + tracking,
-        "evaluate": bundle + [config_arg(bundles_dir, area, ["train", "evaluate"], tiny), "--dataset_dir", str(data),
-                              "--output_dir", str(runs)] + tracking,
-        "inference": bundle + [config_arg(bundles_dir, area, ["inference"], tiny), "--input_dir", str(input_dir),
-                               "--output_dir", str(runs)],
+        "synthesize": bundle + [config("synthesize"), "--dataset_dir", str(data), "--seed", str(TRAIN_SEED)],
+        "synthesize_heldout": bundle + [config("synthesize"), "--dataset_dir", str(heldout),
+                                        "--seed", str(HELDOUT_SEED)],
+        "train": bundle + [config("train"), "--dataset_dir", str(data), "--output_dir", str(runs)] + tracking,
+        "evaluate": bundle + [config("evaluate"), "--dataset_dir", str(heldout), "--output_dir", str(runs)] + tracking,
+        "inference": bundle + [config("inference"), "--input_dir", str(input_dir), "--output_dir", str(runs)],
     }
-    return [Step(area, name, argvs[name], logs / f"{area}_{name}.log") for name in STEPS]
+    return [Step(name, step, argvs[step], logs / f"{name}_{step}.log") for step in STEPS]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -179,7 +186,7 @@ def run_bundle(area: str, steps: Sequence[Step], outer: Any = None, status: Any 
                echo: Any = print) -> BundleResult:
     """Run the steps of one bundle in order; stop at the first failure (its log tail is echoed)."""
     result = BundleResult(area)
-    metrics_file = steps[0].log.parent.parent / "runs" / area / "metrics.json"
+    metrics_file = steps[0].log.parent.parent / "runs" / area / "metrics.json"  # <out>/runs/<name>, as planned
     metrics_file.unlink(missing_ok=True)  # never report a stale metrics.json from an earlier run
     for step in steps:
         if outer is not None:
@@ -270,16 +277,22 @@ def default_tracking_uri(out: Path) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m common.main_job",
-                                     description="Run every bundle end to end (synthesize, train, evaluate, infer), "
-                                                 "tracked in one MLflow store; print a summary and write a report.")
-    parser.add_argument("--bundles", nargs="+", choices=AREAS, default=list(AREAS), metavar="AREA",
-                        help=f"bundles to run, among {', '.join(AREAS)} (default: all)")
+                                     description="Run every bundle end to end (synthesize, train, evaluate on held-out "
+                                                 "data, infer), tracked in one MLflow store; print a summary and write "
+                                                 "a report.")
+    parser.add_argument("--bundles", nargs="+", default=None, metavar="AREA",
+                        help="bundles to run, among the folders of bundles/ (default: all)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     parser.add_argument("--tracking_uri", default=None, help="MLflow tracking URI (default: sqlite:///<out>/mlruns.db)")
     parser.add_argument("--tiny", action="store_true", help="merge each bundle's configs/tiny.json (seconds per step)")
     parser.add_argument("--bundles_dir", type=Path, default=REPO_ROOT / "bundles", help=argparse.SUPPRESS)
     parser.add_argument("--no_report", action="store_true", help="do not write the report")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    available = bundle_areas(args.bundles_dir)
+    unknown = sorted(set(args.bundles or ()) - set(available))
+    if unknown and args.bundles_dir == REPO_ROOT / "bundles":
+        parser.error(f"unknown bundle(s) {', '.join(unknown)}; choose among {', '.join(available)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -289,13 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     uri = args.tracking_uri or default_tracking_uri(out)
-    selected, results = select_bundles(args.bundles, args.bundles_dir)
+    selected, results = select_workflows(args.bundles, args.bundles_dir)
     for r in results:
         print(f"[{r.area}] {'skipped' if r.status == 'skipped' else 'FAILED'}: {r.message}")
-    print(f"main job: {len(selected)} bundle(s) {', '.join(selected) or '(none)'}; outputs in {out}; "
-          f"MLflow store {uri}{'; tiny configs' if args.tiny else ''}")
+    plans = {run_name(w, args.bundles_dir): bundle_steps(w, out, uri, args.tiny, args.bundles_dir) for w in selected}
+    print(f"main job: {len(plans)} workflow(s) {', '.join(plans) or '(none)'}; outputs in {out}; "
+          f"MLflow store {uri}; evaluated on held-out data (seed {HELDOUT_SEED}){'; tiny configs' if args.tiny else ''}")
     start = time.perf_counter()
-    plans = {area: bundle_steps(area, out, uri, args.tiny, args.bundles_dir) for area in selected}
     outer = tqdm(total=sum(len(s) for s in plans.values()), position=0, unit="step", dynamic_ncols=True,
                  bar_format="{desc:<22} {bar} {n_fmt}/{total_fmt} steps [{elapsed}]")
     live = sys.stderr.isatty()  # epoch bar and log-line tail only on a terminal (a CI log gets the step lines)
@@ -309,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status.close()
         progress.close()
         outer.close()
-    results.sort(key=lambda r: AREAS.index(r.area))
+    results.sort(key=lambda r: r.area)
     print(f"\nmain job finished in {_duration(time.perf_counter() - start)}\n")
     print(format_summary(results))
     failed = [r.area for r in results if r.status == "failed"]

@@ -66,6 +66,8 @@ def metric_unit(name: str) -> str:
         return "loss (unitless)"
     if re.search(r"(^|_)(hd|hd95|hausdorff|asd|assd|surface_distance)($|_)", low):
         return "mm"
+    if low.endswith(("_corr", "_r", "_spearman", "_pearson")):
+        return "correlation (-1 to 1)"
     if low.endswith("_ml") or "volume" in low:
         return "ml"
     if low.endswith("_pct") or low.startswith("ef") or "_ef" in low:

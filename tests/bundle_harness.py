@@ -8,6 +8,7 @@ subprocesses through ``run_bundle``.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -51,3 +52,48 @@ def run_monai_bundle(args: list[str], cwd: str | os.PathLike | None = None, expe
 def config_list(area: str, *names: str) -> str:
     """The ``--config_file`` value merging ``bundles/<area>/configs/<name>.json`` in order."""
     return "[" + ",".join(f"'bundles/{area}/configs/{n}.json'" for n in names) + "]"
+
+
+def tiny_settings(area: str) -> dict:
+    """The bundle's ``configs/tiny.json`` (the tiny sizes every test run merges last)."""
+    return json.loads((BUNDLES / area / "configs" / "tiny.json").read_text())
+
+
+def build_tiny_pipeline(area: str, work: Path) -> dict:
+    """Synthesize (seed 0), train (1 epoch), evaluate and infer once, with the DESIGN.md commands and ``tiny.json``
+    merged last (inference: without it, the training settings come from ``models/model.json``), for the bundle's
+    first declared workflow (``common.workflows``).
+
+    Returns ``{"area", "work", "data", "out", "pred", "tiny", "logs": {step: CompletedProcess}}``: ``out`` holds the
+    trained model and the evaluation (``metrics.json``), ``pred`` the inference outputs. Shared by the conformance
+    harness and the bundle's own tests through the session fixture ``tiny_pipeline``: treat it as read-only (write
+    elsewhere, with ``--ckpt_path``).
+    """
+    from common.workflows import bundle_workflows
+
+    flow = bundle_workflows(BUNDLES / area)[0]
+    data, out, pred = work / "data", work / "out", work / "pred"
+    tiny = tiny_settings(area)
+
+    def configs(step: str) -> str:
+        return config_list(area, *[name.removesuffix(".json") for name in flow.configs[step]], "tiny")
+
+    logs = {"synthesize": run_monai_bundle(["run", "--config_file", configs("synthesize"), "--dataset_dir", data,
+                                            "--seed", 0])}
+    logs["train"] = run_monai_bundle(["run", "--config_file", configs("train"), "--dataset_dir", data,
+                                      "--output_dir", out, "--epochs", 1])
+    logs["evaluate"] = run_monai_bundle(["run", "--config_file", configs("evaluate"), "--dataset_dir", data,
+                                         "--output_dir", out])
+    input_dir = data / flow.inference_input if flow.inference_input else data
+    # inference WITHOUT tiny.json: the trained (tiny) network and preprocessing must come from models/model.json
+    # alone; only inference-only knobs that training does not record (e.g. a heat-map stride) are passed
+    recorded = json.loads((out / "models" / "model.json").read_text())
+    inference_ids = set()
+    for name in flow.configs["inference"]:
+        inference_ids |= set(json.loads((BUNDLES / area / "configs" / name).read_text()))
+    knobs = [arg for key, value in tiny.items() if key in inference_ids and key not in recorded
+             for arg in (f"--{key}", json.dumps(value))]
+    logs["inference"] = run_monai_bundle(["run", "--config_file", config_list(area, *[
+        name.removesuffix(".json") for name in flow.configs["inference"]]), "--input_dir", input_dir,
+        "--output_dir", pred, "--ckpt_path", out / "models" / "model.pt", *knobs])
+    return {"area": area, "work": work, "data": data, "out": out, "pred": pred, "tiny": tiny, "logs": logs}

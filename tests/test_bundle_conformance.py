@@ -2,10 +2,11 @@
 
 For each bundle, in subprocesses from the repository root (each bundle's ``scripts`` package needs its own
 interpreter): synthesize → train (1 epoch, tiny) → evaluate → inference, with exactly the commands of DESIGN.md and
-the bundle's ``configs/tiny.json`` merged last; then the outputs are checked for their documented form, the network
-for its declared input/output (``monai.bundle verify_net_in_out``), and a TorchScript export of the trained
-checkpoint (``monai.bundle ckpt_export``) for giving the eager network's output. New bundle folders are picked up
-without edits.
+the bundle's ``configs/tiny.json`` merged last, for the first workflow its ``metadata.json`` declares (one run per
+bundle, shared with the bundle's own tests: ``tiny_pipeline`` in conftest.py); then the outputs are checked for their
+documented form, the network for its declared input/output (``monai.bundle verify_net_in_out``), and a TorchScript
+export of the trained checkpoint (``monai.bundle ckpt_export``) for giving the eager network's output. New bundle
+folders are picked up without edits.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import csv
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 
-from bundle_harness import BUNDLES, REPO, SCHEMA, config_list, run_monai_bundle
+from bundle_harness import BUNDLES, REPO, SCHEMA, import_bundle_module, run_monai_bundle, tiny_settings
 
 AREAS = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "metadata.json").is_file()) if BUNDLES.is_dir() else []
 CONTRACT_FILES = ("metadata.json", "train.json", "evaluate.json", "inference.json", "multi_gpu_train.json",
@@ -27,28 +27,10 @@ CONTRACT_FILES = ("metadata.json", "train.json", "evaluate.json", "inference.jso
 pytestmark = pytest.mark.skipif(not AREAS, reason="no bundle in bundles/ yet")
 
 
-def tiny_settings(area: str) -> dict:
-    return json.loads((BUNDLES / area / "configs" / "tiny.json").read_text())
-
-
 @pytest.fixture(scope="module", params=AREAS)
-def pipeline(request, tmp_path_factory):
-    """Synthesize, train, evaluate and infer once per bundle; the tests below check what it wrote."""
-    area = request.param
-    work = tmp_path_factory.mktemp(area)
-    data, out, pred = work / "data", work / "out", work / "pred"
-    tiny = tiny_settings(area)
-    run_monai_bundle(["run", "--config_file", config_list(area, "synthesize", "tiny"), "--dataset_dir", data,
-                      "--seed", 0])
-    train = run_monai_bundle(["run", "--config_file", config_list(area, "train", "tiny"), "--dataset_dir", data,
-                              "--output_dir", out, "--epochs", 1])
-    evaluate = run_monai_bundle(["run", "--config_file", config_list(area, "train", "evaluate", "tiny"),
-                                 "--dataset_dir", data, "--output_dir", out])
-    input_dir = data / tiny.get("harness_inference_input", "")
-    infer = run_monai_bundle(["run", "--config_file", config_list(area, "inference", "tiny"), "--input_dir", input_dir,
-                              "--output_dir", pred, "--ckpt_path", out / "models" / "model.pt"])
-    return {"area": area, "work": work, "data": data, "out": out, "pred": pred, "tiny": tiny,
-            "logs": {"train": train, "evaluate": evaluate, "inference": infer}}
+def pipeline(request, tiny_pipeline):
+    """Synthesize, train, evaluate and infer once per bundle (shared with the bundle's own tests)."""
+    return tiny_pipeline(request.param)
 
 
 @pytest.mark.parametrize("area", AREAS)
@@ -75,7 +57,6 @@ def test_every_config_parses(area):
         parser.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in names])
         assert "run" in parser, f"{area}: {'+'.join(names)} has no 'run'"
     tiny = tiny_settings(area)
-    assert isinstance(tiny.get("harness_inference_input"), str), "tiny.json needs harness_inference_input"
     assert isinstance(tiny.get("harness_input_shape"), list), "tiny.json needs harness_input_shape"
     assert all(not k.count("#") and not k.count("::") for k in tiny), "tiny.json must hold top-level ids only"
 
@@ -89,6 +70,27 @@ def test_metadata_valid_offline(area):
     jsonschema.validate(meta, json.loads(SCHEMA.read_text()))
     assert meta["version"] in meta["changelog"], "the current version needs a changelog line"
     assert "image" in meta["network_data_format"]["inputs"]
+
+
+@pytest.mark.parametrize("area", AREAS)
+def test_network_defined_identically_in_train_evaluate_and_inference(area, tmp_path):
+    """train.json, train+evaluate.json and inference.json build the same network (class, layers, parameter shapes)
+    from their defaults (a checkpoint path with no training settings beside it)."""
+    from monai.bundle import ConfigParser
+
+    if (BUNDLES / area / "scripts" / "networks.py").is_file():
+        import_bundle_module(area, "networks")  # the parser resolves "scripts.networks.X" from sys.modules
+    built = {}
+    for names in (("train",), ("train", "evaluate"), ("inference",)):
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in names])
+        parser["ckpt_path"] = str(tmp_path / "elsewhere" / "model.pt")
+        net = parser.get_parsed_content("network_def")
+        built["+".join(names)] = (type(net).__name__, {k: tuple(v.shape) for k, v in net.state_dict().items()})
+    first = built["train"]
+    assert first[1], f"{area}: network_def has no parameters"
+    for names, net in built.items():
+        assert net == first, f"{area}: {names} builds another network than train.json"
 
 
 def test_train_properties_and_outputs(pipeline):
@@ -105,6 +107,28 @@ def test_train_properties_and_outputs(pipeline):
     assert not missing, f"train.json lacks the required properties {missing}"
     model = pipeline["out"] / "models" / "model.pt"
     assert model.is_file() and model.stat().st_size > 0, "train wrote no models/model.pt"
+
+
+def test_training_settings_beside_the_model_reach_evaluate_and_inference(pipeline):
+    """Training writes ``models/model.json`` beside ``model.pt``; evaluate and inference parsed WITHOUT tiny.json and
+    given only ``ckpt_path`` resolve every recorded id to the trained (tiny) value; the command line still wins."""
+    from monai.bundle import ConfigParser
+
+    area, model = pipeline["area"], pipeline["out"] / "models" / "model.pt"
+    settings = json.loads(model.with_suffix(".json").read_text())
+    tiny = pipeline["tiny"]
+    assert settings and any(k in tiny for k in settings), f"{area}: model.json records none of tiny.json's ids"
+    for names in (("inference",), ("train", "evaluate")):
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in names])
+        parser["ckpt_path"] = str(model)
+        for key, value in settings.items():
+            assert parser.get_parsed_content(key) == value, f"{area} {'+'.join(names)}: {key} != recorded {value!r}"
+        key = next(iter(settings))
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in names])
+        parser.update({"ckpt_path": str(model), key: "from the command line"})
+        assert parser.get_parsed_content(key) == "from the command line"
 
 
 def test_evaluate_outputs(pipeline):

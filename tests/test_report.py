@@ -160,3 +160,12 @@ def test_save_overlay_png_rejects_mismatched_shapes(tmp_path):
     with pytest.raises(ValueError, match="does not match the image shape"):
         save_overlay_png(np.zeros((8, 8)), np.zeros((8, 8)), np.zeros((4, 8)), tmp_path / "x.png")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, unit", [("ef_corr", "correlation (-1 to 1)"), ("mass_corr", "correlation (-1 to 1)"),
+                                        ("ef_mae", "%"), ("lv_edv_ml", "ml"), ("myo_mass_g", "g"), ("hd95_wt", "mm"),
+                                        ("mean_dice", "score (0-1)"), ("train_loss", "loss (unitless)")])
+def test_metric_units(name, unit):
+    from common.report import metric_unit
+
+    assert metric_unit(name) == unit

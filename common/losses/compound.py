@@ -19,7 +19,7 @@ class CompoundLoss(nn.Module):
                             {"_target_": "common.losses.SensitivitySpecificityLoss", "sigmoid": true, "r": "@ss_ratio"}],
                  "weights": ["@dice_weight", "@ss_weight"]}
 
-    The last values of the terms are kept in ``last_terms`` (detached floats) for logging.
+    The forward pass stays on the device (no per-term ``.item()``: a host sync on every training step).
     """
 
     def __init__(self, losses: Sequence[nn.Module], weights: Sequence[float] | None = None) -> None:
@@ -45,11 +45,9 @@ class CompoundLoss(nn.Module):
                 raise TypeError(f"every CompoundLoss term must be a torch.nn.Module (a loss), got {type(term).__name__}.")
         self.losses = nn.ModuleList(losses)
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
-        self.last_terms: list[float] = []
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         terms = [loss(input, target) for loss in self.losses]
-        self.last_terms = [float(t.detach()) for t in terms]
         total = terms[0] * self.weights[0]
         for weight, term in zip(self.weights[1:], terms[1:]):
             total = total + weight * term

@@ -32,20 +32,15 @@ def mods():
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """Four tiny synthetic cases written through the bundle's own synthesize command."""
-    data = tmp_path_factory.mktemp("brain") / "data"
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "synthesize", "tiny"), "--dataset_dir", data,
-                      "--seed", 0])
-    return data
+def tiny_data(tiny_pipeline):
+    """Four tiny synthetic cases written through the bundle's own synthesize command (shared, read-only)."""
+    return tiny_pipeline(AREA)["data"]
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("brain_out")
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "tiny"), "--dataset_dir", tiny_data,
-                      "--output_dir", out, "--epochs", 1])
-    return out
+def trained(tiny_pipeline):
+    """Output folder of the shared tiny run: 1 epoch of training, then evaluate on ``tiny_data`` (read-only)."""
+    return tiny_pipeline(AREA)["out"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -134,21 +129,6 @@ def test_dice_and_hd95_by_hand(mods):
 # ---------------------------------------------------------------------------------------------------------------------
 # configs
 # ---------------------------------------------------------------------------------------------------------------------
-def test_network_defined_identically_in_train_and_inference():
-    from monai.bundle import ConfigParser
-
-    nets = []
-    for name in ("train", "inference"):
-        parser = ConfigParser()
-        parser.read_config(str(REPO / "bundles" / AREA / "configs" / f"{name}.json"))
-        parser.parse()
-        net = parser.get_parsed_content("network_def")
-        nets.append((repr(net), sum(p.numel() for p in net.parameters())))
-        out = net(torch.zeros(1, 4, 16, 16, 16))
-        assert tuple(out.shape) == (1, 3, 16, 16, 16)
-    assert nets[0] == nets[1]
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # workflows: training split, evaluation in the input's grid, prediction geometry
 # ---------------------------------------------------------------------------------------------------------------------
@@ -161,10 +141,7 @@ def test_training_writes_split_and_checkpoint(trained, tiny_data):
 
 
 def test_evaluate_and_inference_geometry(trained, tiny_data, tmp_path):
-    out = tmp_path / "eval"
-    shutil.copytree(trained / "models", out / "models")
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "evaluate", "tiny"),
-                      "--dataset_dir", tiny_data, "--output_dir", out])
+    out = trained  # the shared run evaluated on tiny_data with the evaluate command
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["key_metric"] == "mean_dice" and metrics["num_cases"] == TINY["num_cases"]
     for name in ("dice_tc", "dice_wt", "dice_et", "hd95_tc", "hd95_wt", "hd95_et"):

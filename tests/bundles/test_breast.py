@@ -35,25 +35,17 @@ def files_under(folder: Path) -> list[str]:
 
 # --------------------------------------------------------------------------------------------- shared fixtures
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """One tiny synthetic CBIS-DDSM set (16 training masses, 8 test masses), written in-process."""
-    root = tmp_path_factory.mktemp("breast_data") / "D"
-    mod("phantom").synthesize(root, num_cases=16, seed=0, image_size=(160, 128))
-    return root
+def tiny_data(tiny_pipeline) -> Path:
+    """One tiny synthetic CBIS-DDSM set (16 training masses, 8 test masses) of the shared run (read-only)."""
+    return tiny_pipeline(AREA)["data"]
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory) -> dict:
-    """Train (1 epoch, tiny), evaluate and infer once through the real bundle commands."""
-    work = tmp_path_factory.mktemp("breast_run")
-    out, pred = work / "out", work / "pred"
-    train = run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "tiny"), "--dataset_dir", tiny_data,
-                              "--output_dir", out, "--epochs", 1])
-    evaluate = run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "evaluate", "tiny"),
-                                 "--dataset_dir", tiny_data, "--output_dir", out])
-    infer = run_monai_bundle(["run", "--config_file", config_list(AREA, "inference", "tiny"), "--input_dir", tiny_data,
-                              "--output_dir", pred, "--ckpt_path", out / "models" / "model.pt"])
-    return {"out": out, "pred": pred, "logs": (train, evaluate, infer)}
+def trained(tiny_pipeline) -> dict:
+    """The shared run: train (1 epoch, tiny), evaluate and infer once through the real bundle commands."""
+    run = tiny_pipeline(AREA)
+    return {"out": run["out"], "pred": run["pred"],
+            "logs": tuple(run["logs"][step] for step in ("train", "evaluate", "inference"))}
 
 
 # --------------------------------------------------------------------------------------------- network
@@ -78,17 +70,6 @@ def test_network_layers_follow_the_case_study():
     assert torch.allclose(scripted(x), net(x), atol=1e-6)
     with pytest.raises(ValueError, match="five positive widths"):
         networks.HadushCNN(channels=(8, 16, 32, 64))
-
-
-def test_network_defined_once_across_configs():
-    from monai.bundle import ConfigParser
-
-    nets = []
-    for name in ("train", "inference"):
-        parser = ConfigParser()
-        parser.read_config(str(REPO / "bundles" / AREA / "configs" / f"{name}.json"))
-        nets.append(parser.get_parsed_content("network_def", instantiate=False).get_config())
-    assert nets[0] == nets[1]
 
 
 # --------------------------------------------------------------------------------------------- DICOM
@@ -650,7 +631,7 @@ def test_torchrun_two_processes_checkpoint_loads_single_process(tiny_data, tmp_p
     run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "multi_gpu_train", "tiny"),
                       "--dataset_dir", tiny_data, "--output_dir", out, "--epochs", 1], prefix=prefix,
                      env={"OMP_NUM_THREADS": "1"})
-    assert sorted(p.name for p in (out / "models").iterdir()) == ["checkpoint_epoch=1.pt", "model.pt"]
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["checkpoint_epoch=1.pt", "model.json", "model.pt"]
     tiny = json.loads((REPO / "bundles" / AREA / "configs" / "tiny.json").read_text())
     net = mod("networks").HadushCNN(channels=tiny["channels"], hidden=tiny["hidden"])
     net.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu"))

@@ -32,31 +32,21 @@ CLINICAL_COLUMNS = ["patient", "lv_edv_ml", "lv_esv_ml", "lv_ef_pct", "rv_edv_ml
 
 # ----------------------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    """A tiny synthetic ACDC dataset (4 training + 3 testing patients, 64x64 in-plane) from the phantom."""
-    root = tmp_path_factory.mktemp("cardiac_data") / "D"
-    import_bundle_module(AREA, "phantom").write_dataset(str(root), num_cases=TINY["num_cases"], seed=0,
-                                                        image_size=TINY["image_size"],
-                                                        num_test_cases=TINY["num_test_cases"])
-    return root
+def tiny_dir(tiny_pipeline) -> Path:
+    """A tiny synthetic ACDC dataset (4 training + 3 testing patients, 64x64 in-plane) of the shared run."""
+    return tiny_pipeline(AREA)["data"]
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_dir, tmp_path_factory) -> Path:
-    """Output folder of one tiny training run (1 epoch) through the real train command."""
-    out = tmp_path_factory.mktemp("cardiac_out")
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "tiny"), "--dataset_dir", tiny_dir,
-                      "--output_dir", out, "--epochs", 1], env=ENV)
-    return out
+def trained(tiny_pipeline) -> Path:
+    """Output folder of the shared tiny run: 1 epoch of training, then evaluate on the testing split (read-only)."""
+    return tiny_pipeline(AREA)["out"]
 
 
 @pytest.fixture(scope="module")
-def inferred(tiny_dir, trained, tmp_path_factory) -> Path:
-    """Output folder of the real inference command over the tiny testing split."""
-    out = tmp_path_factory.mktemp("cardiac_pred")
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "inference", "tiny"), "--input_dir",
-                      tiny_dir / "testing", "--output_dir", out, "--ckpt_path", trained / "models" / "model.pt"], env=ENV)
-    return out
+def inferred(tiny_pipeline) -> Path:
+    """Output folder of the real inference command over the tiny testing split (shared run, read-only)."""
+    return tiny_pipeline(AREA)["pred"]
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +187,7 @@ def test_train_writes_model_and_split(trained):
     assert splits["val"] and splits["train"] and not set(splits["val"]) & set(splits["train"])
 
 
-def test_evaluate_metrics(tiny_dir, trained):
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "evaluate", "tiny"), "--dataset_dir",
-                      tiny_dir, "--output_dir", trained], env=ENV)
+def test_evaluate_metrics(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["key_metric"] == "mean_dice" and metrics["num_cases"] == TINY["num_test_cases"]
     for name in ("mean_dice", "dice_lv_ed", "dice_myo_es", "ef_mae", "ef_bias"):
@@ -225,18 +213,6 @@ def test_inference_nifti_geometry_and_clinical_csv(tiny_dir, inferred):
     assert reader.fieldnames == CLINICAL_COLUMNS
     assert [r["patient"] for r in rows] == sorted(p.name for p in (tiny_dir / "testing").iterdir())
     assert not list(inferred.rglob(".*.tmp*"))
-
-
-def test_train_and_inference_build_the_same_network():
-    from monai.bundle import ConfigParser
-
-    shapes = []
-    for name in ("train", "inference"):
-        parser = ConfigParser()
-        parser.read_config([str(CONFIGS / f"{name}.json"), str(CONFIGS / "tiny.json")])
-        net = parser.get_parsed_content("network_def")
-        shapes.append({k: tuple(v.shape) for k, v in net.state_dict().items()})
-    assert shapes[0] == shapes[1]
 
 
 # ----------------------------------------------------------------------------------------------------------- bad input

@@ -29,19 +29,15 @@ def mod(name: str):
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    data = tmp_path_factory.mktemp("pathology_data")
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "synthesize", "tiny"), "--dataset_dir", data,
-                      "--seed", 0])
-    return data
+def dataset(tiny_pipeline) -> Path:
+    """The tiny synthetic PCam set (and slide) of the shared run (read-only)."""
+    return tiny_pipeline(AREA)["data"]
 
 
 @pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("pathology_out")
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "tiny"), "--dataset_dir", dataset,
-                      "--output_dir", out, "--epochs", 1])
-    return out
+def trained(tiny_pipeline) -> Path:
+    """Output folder of the shared tiny run: 1 epoch of training, then evaluate (read-only)."""
+    return tiny_pipeline(AREA)["out"]
 
 
 # ------------------------------------------------------------------------------------------------ stain normalisation
@@ -376,19 +372,6 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, dataset):
 
 
 # ------------------------------------------------------------------------------------------------ workflows
-def test_configs_build_the_same_network():
-    mod("networks")  # puts this bundle's scripts in sys.modules for the parser
-    from monai.bundle import ConfigParser
-
-    nets = []
-    for name in ("train", "inference"):
-        parser = ConfigParser()
-        parser.read_config(str(REPO / "bundles" / AREA / "configs" / f"{name}.json"))
-        nets.append(parser.get_parsed_content("network_def"))
-    assert [(k, v.shape) for k, v in nets[0].state_dict().items()] == \
-        [(k, v.shape) for k, v in nets[1].state_dict().items()]
-
-
 def test_a_few_iterations_lower_the_loss():
     networks, phantom, tissue = mod("networks"), mod("phantom"), mod("tissue")
     torch.manual_seed(0)
@@ -433,7 +416,8 @@ def _parsed_stain_setting(configs: list[str], ckpt_path: Path, **overrides) -> b
 
 @pytest.mark.parametrize("recorded", [True, False])
 def test_evaluate_and_inference_use_the_stain_setting_the_model_was_trained_with(trained, tmp_path, recorded):
-    assert json.loads((trained / "models" / "model.json").read_text()) == {"stain_normalisation": True}
+    assert json.loads((trained / "models" / "model.json").read_text()) == {
+        "stain_normalisation": True, "channels": TINY["channels"], "dropout": 0.2}
     ckpt = tmp_path / "models" / "model.pt"
     ckpt.parent.mkdir()
     ckpt.write_bytes((trained / "models" / "model.pt").read_bytes())
@@ -446,10 +430,8 @@ def test_evaluate_and_inference_use_the_stain_setting_the_model_was_trained_with
     assert _parsed_stain_setting(["train", "evaluate"], ckpt) is True
 
 
-def test_inference_heatmap_matches_the_slide(dataset, trained, tmp_path):
-    out = tmp_path / "pred"
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "inference", "tiny"), "--input_dir", dataset,
-                      "--output_dir", out, "--ckpt_path", trained / "models" / "model.pt"])
+def test_inference_heatmap_matches_the_slide(tiny_pipeline, dataset):
+    out = tiny_pipeline(AREA)["pred"]  # the shared run inferred on the data set folder (slide + patch files)
     stride = TINY["heatmap_stride"]
     heat = tifffile.imread(out / "predictions" / "synthetic_slide_000_prob.tif")
     cells = math.ceil(1024 / stride)
