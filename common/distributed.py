@@ -102,4 +102,4 @@ def validation_sampler(dataset: Sized) -> Sampler:
         return SequentialSampler(dataset)  # type: ignore[arg-type]
     from monai.data import DistributedSampler
 
-    return DistributedSampler(dataset, shuffle=False, even_divisible=False)
+    return DistributedSampler(dataset, shuffle=False, even_divisible=False, num_replicas=world, rank=get_rank())
