@@ -150,8 +150,6 @@ def harmonised(image: Any, geometry: Geometry) -> Any:
     """A copy of ``image`` (same voxel data, lazily read) whose header holds one geometry: sform and qform both
     ``geometry.affine`` (the qform only where a quaternion can represent it exactly) and ``pixdim`` its voxel sizes.
     Any reader then (MONAI's, ITK's, nibabel's) gets the chosen affine."""
-    import nibabel as nib
-
     if "sform_code" not in image.header:
         return image
     header = image.header.copy()

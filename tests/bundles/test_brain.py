@@ -360,7 +360,8 @@ def test_inference_skips_a_bad_case_and_fails_naming_it(mods, trained, tiny_data
 # ---------------------------------------------------------------------------------------------------------------------
 def _quirky_copy(src: Path, dst_root: Path) -> Path:
     """The same case with the header some conversion tools write: qform identity (code 1), sform the real affine
-    (code 1); pixdim then says 1 mm. MONAI's stock reader took the qform, nibabel (and the bundle's checks) the sform."""
+    (code 1); pixdim then says 1 mm. MONAI's stock reader took the qform, nibabel (and the bundle's checks) the
+    sform."""
     dst = _copy_case(src, dst_root)
     for path in dst.glob("*.nii.gz"):
         image = nib.load(path)

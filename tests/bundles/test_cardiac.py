@@ -359,7 +359,7 @@ def _quirky_copy(src: Path, dst: Path) -> Path:
 def test_quirky_header_gives_the_same_masks_clinical_csv_and_metric_input(tiny_dir, tmp_path, caplog):
     from monai.bundle import ConfigParser
 
-    patient = sorted((tiny_dir / "testing").iterdir())[0]
+    patient = min((tiny_dir / "testing").iterdir())
     clean = tmp_path / "clean" / patient.name
     shutil.copytree(patient, clean)
     quirky = _quirky_copy(patient, tmp_path / "quirky" / patient.name)
@@ -383,7 +383,8 @@ def test_quirky_header_gives_the_same_masks_clinical_csv_and_metric_input(tiny_d
     affine = nib.load(clean / f"{patient.name}_frame{info['ED']:02d}.nii.gz").affine
     masks = {}
     for name in ("clean", "quirky"):
-        written = nib.load(tmp_path / f"out_{name}" / "predictions" / f"{patient.name}_frame{info['ED']:02d}_seg.nii.gz")
+        stem = f"{patient.name}_frame{info['ED']:02d}"
+        written = nib.load(tmp_path / f"out_{name}" / "predictions" / f"{stem}_seg.nii.gz")
         np.testing.assert_allclose(written.get_sform(), affine, atol=1e-5)
         np.testing.assert_allclose(written.get_qform(), affine, atol=1e-4)  # one geometry in the written file
         masks[name] = np.asarray(written.dataobj)

@@ -61,6 +61,7 @@ def _zscore(volume: np.ndarray) -> np.ndarray:
 
 def _load(case_dir: Path) -> tuple[dict[str, np.ndarray], np.ndarray, tuple]:
     import nibabel as nib
+
     from common.geometry import load, voxel_sizes
 
     cid = case_dir.name

@@ -13,7 +13,6 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from common.geometry import NiftiReader
 from monai.transforms import (
     ConvertToMultiChannelBasedOnBratsClassesd,
     CropForegroundd,
@@ -25,6 +24,8 @@ from monai.transforms import (
     Spacingd,
     Transform,
 )
+
+from common.geometry import NiftiReader
 
 REGIONS = ("TC", "WT", "ET")
 
