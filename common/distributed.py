@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sized
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import Sampler, SequentialSampler
+
+logger = logging.getLogger(__name__)
 
 
 def is_distributed() -> bool:
@@ -65,3 +70,36 @@ def destroy_process_group() -> None:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def validation_sampler(dataset: Sized) -> Sampler:
+    """The validation sampler of ``multi_gpu_train.json``, for any validation split size.
+
+    With at least as many cases as processes, MONAI's ``DistributedSampler(even_divisible=False)``: each process
+    validates its share, nothing padded (MONAI's metrics gather the unequal shares). With fewer cases than processes
+    (e.g. 1 validation case for ``--nproc_per_node=2``), where MONAI's sampler stops with "the dataset length is less
+    than the number of participating ranks", every process validates every case instead (a ``SequentialSampler``):
+    MONAI's metrics then gather the same values once per process, so every case counts equally and the mean Dice /
+    AUC are exactly those of a single-process validation; one warning on rank 0 says so. Outside a process group
+    (plain ``python -m monai.bundle run``), a ``SequentialSampler``.
+
+    Args:
+        dataset: the validation dataset (anything with ``len``).
+
+    Raises:
+        ValueError: the validation split is empty; the message gives the split size, the number of processes and
+            what to change.
+    """
+    n, world = len(dataset), get_world_size()
+    if n == 0:
+        raise ValueError(f"the validation split has 0 cases for {world} process(es): give the dataset more cases or "
+                         f"raise --val_fraction so that at least one case is held out for validation")
+    if world == 1 or n < world:
+        if world > 1 and is_rank0():
+            logger.warning("the validation split has %d case(s) for %d processes: every process validates all %d "
+                           "(metrics unchanged, each case counted equally); with at least %d validation cases the "
+                           "processes share the work", n, world, n, world)
+        return SequentialSampler(dataset)  # type: ignore[arg-type]
+    from monai.data import DistributedSampler
+
+    return DistributedSampler(dataset, shuffle=False, even_divisible=False, num_replicas=world, rank=get_rank())

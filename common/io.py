@@ -92,12 +92,23 @@ def _csv_cell(value: Any) -> Any:
 
 
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, header: Any = None) -> None:
-    """Save ``array`` as NIfTI with ``affine`` (and the reference ``header``'s zooms/units) atomically."""
+    """Save ``array`` as NIfTI with ``affine`` (and the reference ``header``'s units and codes) atomically.
+
+    The file holds one geometry (``common.geometry``): sform and qform are both ``affine`` (the qform only where a
+    quaternion represents it exactly, else its code is 0) and ``pixdim`` its voxel sizes, whatever disagreement the
+    reference ``header`` carried, so every reader (nibabel, MONAI, ITK) sees the same grid.
+    """
     import nibabel as nib
 
-    image = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64), header=header)
+    affine = np.asarray(affine, dtype=np.float64)
+    image = nib.Nifti1Image(np.asarray(array), affine, header=header)
     if header is not None:
         image.set_data_dtype(np.asarray(array).dtype)
+    sform_code, qform_code = int(image.header["sform_code"]) or 2, int(image.header["qform_code"])
+    image.set_sform(affine, code=sform_code)
+    image.set_qform(affine, code=qform_code)
+    if qform_code and not np.allclose(image.get_qform(), affine, atol=1e-4):
+        image.set_qform(affine, code=0)  # a sheared affine: the sform alone carries it
     with atomic_path(path) as tmp:
         nib.save(image, tmp)
 

@@ -340,15 +340,91 @@ def test_inference_skips_a_bad_case_and_fails_naming_it(mods, trained, tiny_data
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# geometry (issue 13 kind 1): a header whose qform and sform disagree is read in one geometry, the sform's
+# ---------------------------------------------------------------------------------------------------------------------
+def _quirky_copy(src: Path, dst_root: Path) -> Path:
+    """The same case with the header some conversion tools write: qform identity (code 1), sform the real affine
+    (code 1); pixdim then says 1 mm. MONAI's stock reader took the qform, nibabel (and the bundle's checks) the
+    sform."""
+    dst = _copy_case(src, dst_root)
+    for path in dst.glob("*.nii.gz"):
+        image = nib.load(path)
+        quirky = nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine, image.header.copy())
+        quirky.set_qform(np.eye(4), code=1)
+        quirky.set_sform(image.affine, code=1)
+        nib.save(quirky, path)
+        assert nib.load(path).header.get_zooms() == (1.0, 1.0, 1.0)
+    return dst
+
+
+def test_quirky_header_gives_the_same_input_prediction_and_metrics(mods, tiny_data, tmp_path, caplog):
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    case = "BraTS2021_00000"
+    clean = _copy_case(tiny_data / case, tmp_path / "clean")
+    quirky = _quirky_copy(tiny_data / case, tmp_path / "quirky")
+    # network input: same voxels, same grid
+    pre = Compose(mods["transforms"].preprocessing(TINY["pixdim"], with_label=True))
+    with caplog.at_level("WARNING", logger="common.geometry"):
+        a, b = (pre(mods["data"].case_item(c)) for c in (clean, quirky))
+    warned = " ".join(r.getMessage() for r in caplog.records if r.name == "common.geometry")
+    assert str(quirky / f"{case}_t1.nii.gz") in warned and "1 x 1 x 1 mm" in warned and "7 x 7 x 7 mm" in warned
+    for key in ("image", "label"):
+        np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+        np.testing.assert_allclose(a[key].affine.numpy(), b[key].affine.numpy(), atol=1e-5)
+    # inference with fixed (seeded, untrained) weights, whose mask covers much of the volume: the same mask, written in
+    # the sform's geometry with one transform in the header
+    configs = [str(REPO / "bundles" / AREA / "configs" / n) for n in ("inference.json", "tiny.json")]
+    parser = ConfigParser()
+    parser.read_config(configs)
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "fixed.pt")
+    masks = {}
+    for name, root in (("clean", clean.parent), ("quirky", quirky.parent)):
+        parser = ConfigParser()
+        parser.read_config(configs)
+        parser.update({"input_dir": str(root), "output_dir": str(tmp_path / f"pred_{name}"),
+                       "ckpt_path": str(tmp_path / "fixed.pt")})
+        parser.parse()
+        parser.get_parsed_content("predict")()
+        masks[name] = nib.load(tmp_path / f"pred_{name}" / "predictions" / f"{case}_pred.nii.gz")
+    labels = np.asarray(masks["clean"].dataobj)
+    assert 0.01 < float((labels > 0).mean()) < 0.99, "a mask that geometry could change"
+    np.testing.assert_array_equal(labels, np.asarray(masks["quirky"].dataobj))
+    reference = nib.load(clean / f"{case}_t1.nii.gz").affine
+    for mask in masks.values():
+        np.testing.assert_allclose(mask.get_sform(), reference, atol=1e-5)
+        np.testing.assert_allclose(mask.get_qform(), reference, atol=1e-4)
+    # evaluate's per-case metrics: HD95 in the sform's mm. The prediction is the truth moved one voxel along the
+    # first axis: each moved surface point lies 1 voxel = 7 mm from the truth's surface, so HD95 = 7 mm (1 mm with
+    # the stale pixdim)
+    truth = mods["metrics"].labels_to_regions(np.asarray(nib.load(clean / f"{case}_seg.nii.gz").dataobj))
+    pred = np.roll(truth, 1, axis=1)
+    rows = {}
+    for name, folder in (("clean", clean), ("quirky", quirky)):
+        engine = type("Engine", (), {})()
+        engine.state = type("State", (), {"batch": [{"case": case, "label_path": str(folder / f"{case}_seg.nii.gz")}],
+                                          "output": [{"pred": torch.as_tensor(pred.astype(np.float32))}]})()
+        (rows[name],) = mods["metrics"].CaseRows()(engine)
+    assert rows["clean"] == rows["quirky"]
+    assert rows["quirky"]["hd95_wt"] == pytest.approx(7.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # distributed: two CPU processes (gloo); the checkpoint loads into the single-process network
 # ---------------------------------------------------------------------------------------------------------------------
 def test_torchrun_two_processes(tiny_data, tmp_path):
+    """Issue 13 kind 7: 4 cases with val_fraction 0.25 leave 1 validation case for 2 processes (MONAI's
+    DistributedSampler stopped there); every process validates it and training finishes."""
     out = tmp_path / "ddp"
     prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
               "monai.bundle"]
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "multi_gpu_train", "tiny"),
-                      "--dataset_dir", tiny_data, "--output_dir", out, "--epochs", 1], prefix=prefix,
-                     env={"OMP_NUM_THREADS": "1"})
+    proc = run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "multi_gpu_train", "tiny"),
+                             "--dataset_dir", tiny_data, "--output_dir", out, "--epochs", 1, "--val_fraction", 0.25],
+                            prefix=prefix, env={"OMP_NUM_THREADS": "1"})
+    assert len(json.loads((out / "splits.json").read_text())["validation"]) == 1
+    assert "validation split has 1 case(s) for 2 processes" in proc.stdout + proc.stderr
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()

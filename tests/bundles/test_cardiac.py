@@ -345,6 +345,70 @@ def test_inference_command_exits_nonzero_on_a_bad_patient(tiny_dir, trained, tmp
         assert len(list(csv.DictReader(f))) == TINY["num_test_cases"] - 1
 
 
+# ------------------------------------------------------------------------------- geometry (issue 13 kind 1)
+def _quirky_copy(src: Path, dst: Path) -> Path:
+    """A copy of a patient folder whose every NIfTI has the header some conversion tools write: qform identity
+    (code 1), sform the real affine (code 1), so pixdim says 1 mm; MONAI's stock reader took the qform."""
+    shutil.copytree(src, dst)
+    for path in dst.glob("*.nii.gz"):
+        image = nib.load(path)
+        quirky = nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine, image.header.copy())
+        quirky.set_qform(np.eye(4), code=1)
+        quirky.set_sform(image.affine, code=1)
+        nib.save(quirky, path)
+        assert nib.load(path).header.get_zooms()[:3] == (1.0, 1.0, 1.0)
+    return dst
+
+
+def test_quirky_header_gives_the_same_masks_clinical_csv_and_metric_input(tiny_dir, tmp_path, caplog):
+    from monai.bundle import ConfigParser
+
+    patient = min((tiny_dir / "testing").iterdir())
+    clean = tmp_path / "clean" / patient.name
+    shutil.copytree(patient, clean)
+    quirky = _quirky_copy(patient, tmp_path / "quirky" / patient.name)
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "tiny.json")])
+    parser["device"] = "$torch.device('cpu')"
+    torch.manual_seed(0)  # fixed, untrained weights: an LV mask somewhere, so its volume depends on the geometry
+    parts = {k: parser.get_parsed_content(k) for k in ("network", "preprocessing", "inferer", "postprocessing",
+                                                       "device")}
+    torch.save(parts["network"].state_dict(), tmp_path / "fixed.pt")
+    inference = import_bundle_module(AREA, "inference")
+    rows = {}
+    with caplog.at_level("WARNING", logger="common.geometry"):
+        for name in ("clean", "quirky"):
+            (rows[name],) = inference.run(str(tmp_path / name), str(tmp_path / f"out_{name}"),
+                                          str(tmp_path / "fixed.pt"), **parts)
+    warned = " ".join(r.getMessage() for r in caplog.records if r.name == "common.geometry")
+    assert str(quirky) in warned and "1 x 1 x 1 mm" in warned
+    assert rows["clean"] == pytest.approx(rows["quirky"], rel=1e-9)
+    info = import_bundle_module(AREA, "data").parse_info_cfg(clean / "Info.cfg")
+    affine = nib.load(clean / f"{patient.name}_frame{info['ED']:02d}.nii.gz").affine
+    masks = {}
+    for name in ("clean", "quirky"):
+        stem = f"{patient.name}_frame{info['ED']:02d}"
+        written = nib.load(tmp_path / f"out_{name}" / "predictions" / f"{stem}_seg.nii.gz")
+        np.testing.assert_allclose(written.get_sform(), affine, atol=1e-5)
+        np.testing.assert_allclose(written.get_qform(), affine, atol=1e-4)  # one geometry in the written file
+        masks[name] = np.asarray(written.dataobj)
+    np.testing.assert_array_equal(masks["clean"], masks["quirky"])
+    # by hand: LV EDV = LV voxels of the ED mask x the sform's voxel volume (mm^3 -> ml)
+    voxel_ml = float(np.prod(np.linalg.norm(affine[:3, :3], axis=0))) / 1000.0
+    assert rows["quirky"]["lv_edv_ml"] == pytest.approx(np.count_nonzero(masks["quirky"] == 3) * voxel_ml, rel=1e-6)
+    assert rows["quirky"]["lv_edv_ml"] > 0
+    # evaluate's input (validate#preprocessing of train.json): the same image tensor and the label's spacing for
+    # the clinical volumes in metrics.case_rows
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "tiny.json")])
+    pre = parser.get_parsed_content("validate#preprocessing")
+    a, b = ({"image": str(root / f"{patient.name}_frame{info['ED']:02d}.nii.gz"),
+             "label": str(root / f"{patient.name}_frame{info['ED']:02d}_gt.nii.gz")} for root in (clean, quirky))
+    a, b = pre(a), pre(b)
+    np.testing.assert_array_equal(a["image"].numpy(), b["image"].numpy())
+    np.testing.assert_allclose(b["label"].pixdim.numpy(), np.linalg.norm(affine[:3, :3], axis=0), rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------------------- multi-GPU
 def test_torchrun_two_processes_checkpoint_loads(tiny_dir, tmp_path, bundle_module):
     out = tmp_path / "ddp"

@@ -62,10 +62,12 @@ def _zscore(volume: np.ndarray) -> np.ndarray:
 def _load(case_dir: Path) -> tuple[dict[str, np.ndarray], np.ndarray, tuple]:
     import nibabel as nib
 
+    from common.geometry import load, voxel_sizes
+
     cid = case_dir.name
     images = {s: _zscore(np.asarray(nib.load(case_dir / f"{cid}_{s}.nii.gz").dataobj, np.float32)) for s in SEQUENCES}
-    seg = nib.load(case_dir / f"{cid}_seg.nii.gz")
-    return images, np.asarray(seg.dataobj), seg.header.get_zooms()[:3]
+    seg = load(case_dir / f"{cid}_seg.nii.gz")  # spacing of the affine common.geometry decides, as evaluate uses
+    return images, np.asarray(seg.dataobj), voxel_sizes(seg)
 
 
 def baseline_regions(images: dict[str, np.ndarray], t_wt: float, t_et: float, t_tc: float) -> np.ndarray:

@@ -42,7 +42,7 @@ def case_item(case_dir: str | os.PathLike, with_label: bool = True) -> dict[str,
 
 def _check_case(item: dict[str, Any], problems: Problems, check_voxels: bool) -> None:
     """Record every problem of one case: missing/unreadable files, geometry mismatch, NaN, bad label values."""
-    import nibabel as nib
+    from common.geometry import GeometryError, load
 
     paths = list(item["image"]) + ([item["label"]] if "label" in item else [])
     reference = None
@@ -51,8 +51,11 @@ def _check_case(item: dict[str, Any], problems: Problems, check_voxels: bool) ->
         if not check_file(path, problems, f"{item['case']}: {what}"):
             continue
         try:
-            img = nib.load(path)
+            img = load(path)  # the one geometry of common.geometry (sform first), as every later step uses
             data = np.asanyarray(img.dataobj) if check_voxels else None
+        except GeometryError as e:
+            problems.add(path, f"{item['case']}: {what}: {e}")
+            continue
         except Exception as e:  # noqa: BLE001 - any reader error is reported with the file
             problems.add(path, f"{item['case']}: {what} is not a readable NIfTI file ({type(e).__name__}: {e})")
             continue

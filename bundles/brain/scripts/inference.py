@@ -48,7 +48,7 @@ def predict_folder(input_dir: str, output_dir: str, network: torch.nn.Module, ck
             named in a warning; hidden entries are ignored, :mod:`common.inputs`).
         common.validation.BatchFailure: after the good cases were written, naming every case that failed.
     """
-    import nibabel as nib
+    from common.geometry import load
 
     input_dir, output_dir, device = str(input_dir), str(output_dir), torch.device(device)
     load_network_weights(network, str(ckpt_path))
@@ -63,7 +63,7 @@ def predict_folder(input_dir: str, output_dir: str, network: torch.nn.Module, ck
         validate_items([item], f"brain case {case_dir}")
         start = time.perf_counter()
         label = predict_case(item, network, preprocessing, inferer, postprocessing, device)
-        reference = nib.load(item["image"][0])
+        reference = load(item["image"][0])  # the geometry the network input was resampled from
         if label.shape != reference.shape:
             raise RuntimeError(f"prediction shape {label.shape} differs from the input {reference.shape}")
         path = out / f"{item['case']}_pred.nii.gz"

@@ -2,7 +2,8 @@
 
 Validation during training uses MONAI's ``MeanDice`` in the network's grid; :func:`region_pairs` picks one region
 channel for it. The evaluate workflow inverts the prediction back to the input's grid and :class:`CaseRows` compares
-it with the label file as stored on disk, with the file's voxel spacing for HD95 (mm), as the BraTS challenge does.
+it with the label file as stored on disk, with the file's voxel spacing for HD95 (mm), as the BraTS challenge does;
+the spacing is that of the affine ``common.geometry`` decides (sform first), the one the prediction was resampled in.
 """
 
 from __future__ import annotations
@@ -83,16 +84,16 @@ class CaseRows:
         self.seen = 0
 
     def __call__(self, engine: Any) -> list[dict[str, Any]]:
-        import nibabel as nib
+        from common.geometry import load, voxel_sizes
 
         rows = []
         for case, output in zip(engine.state.batch, engine.state.output):
             item = {**case, **output}
-            label_img = nib.load(str(item["label_path"]))
+            label_img = load(str(item["label_path"]))
             truth = np.asarray(label_img.dataobj).astype(np.int16)
             pred = np.asarray(torch.as_tensor(item["pred"]).detach().cpu().numpy() > 0.5)
             row = {"case": str(item["case"])}
-            row.update(region_metrics(pred, labels_to_regions(truth), label_img.header.get_zooms()[:3]))
+            row.update(region_metrics(pred, labels_to_regions(truth), voxel_sizes(label_img)))
             rows.append(row)
             if self.overlay_dir is not None and self.seen < self.max_overlays:
                 self._overlay(item, pred, truth, row)

@@ -25,11 +25,16 @@ from monai.transforms import (
     Transform,
 )
 
+from common.geometry import NiftiReader
+
 REGIONS = ("TC", "WT", "ET")
 
 
 def preprocessing(pixdim: Sequence[float], with_label: bool = True) -> list[Transform]:
     """The deterministic preprocessing: load, regions, RAS, resample, foreground crop, per-channel z-score.
+
+    Files are read with ``common.geometry.NiftiReader``: the affine is the header's sform when its code is set, else
+    the qform (nibabel's rule), the geometry the dataset check, the metrics and the written prediction use too.
 
     Args:
         pixdim: target voxel size in mm (the network's grid).
@@ -43,7 +48,8 @@ def preprocessing(pixdim: Sequence[float], with_label: bool = True) -> list[Tran
         raise ValueError(f"pixdim must be three positive voxel sizes in mm, got {pixdim}.")
     keys = ["image", "label"] if with_label else ["image"]
     modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
-    steps: list[Transform] = [LoadImaged(keys=keys, image_only=True, ensure_channel_first=True)]
+    # one geometry per file (common.geometry): the same affine as the checks, metrics and the written prediction
+    steps: list[Transform] = [LoadImaged(keys=keys, reader=NiftiReader(), image_only=True, ensure_channel_first=True)]
     if with_label:
         steps.append(ConvertToMultiChannelBasedOnBratsClassesd(keys="label"))
     steps += [

@@ -49,6 +49,7 @@ def baseline_metrics(test_dir: Path) -> dict:
     import numpy as np
 
     from common.evaluation import summarise
+    from common.geometry import load, voxel_sizes
     from scripts import baseline, data, metrics
 
     rows = []
@@ -56,8 +57,8 @@ def baseline_metrics(test_dir: Path) -> dict:
         info = data.parse_info_cfg(patient / "Info.cfg")
         preds, gts = {}, {}
         for phase in data.PHASES:
-            image = nib.load(data.frame_path(patient, info[phase]))
-            spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
+            image = load(data.frame_path(patient, info[phase]))  # common.geometry's rule, as inference uses
+            spacing = voxel_sizes(image)
             preds[phase] = baseline.segment_volume(np.asarray(image.dataobj, dtype=np.float32), spacing)
             gts[phase] = np.asarray(nib.load(data.frame_path(patient, info[phase], gt=True)).dataobj).astype(np.uint8)
         rows.append(metrics.patient_row(patient.name, preds, gts, spacing))

@@ -14,6 +14,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from common.geometry import GeometryError, load, voxel_sizes
 from common.io import write_json
 from common.validation import Problems, check_dir, check_file, check_finite, check_labels
 
@@ -69,9 +70,12 @@ def _load(path: Path, problems: Problems, what: str) -> nib.Nifti1Image | None:
     if not check_file(path, problems, what):
         return None
     try:
-        image = nib.load(str(path))
+        image = load(path)  # the one geometry of common.geometry (sform first), as resampling and clinical.csv use
         image.get_fdata(dtype=np.float32)
         return image
+    except GeometryError as e:
+        problems.add(path, f"{what}: {e}")
+        return None
     except Exception as e:  # noqa: BLE001 - nibabel raises many types for damaged files
         problems.add(path, f"{what} cannot be read as NIfTI ({type(e).__name__}: {e})")
         return None
@@ -126,9 +130,9 @@ def check_patient(patient_dir: Path, problems: Problems, need_labels: bool = Tru
             if label.shape[:3] != image.shape[:3]:
                 problems.add(label_path, f"patient {name}: label shape {label.shape} differs from image "
                                          f"{image_path.name} shape {image.shape}")
-            elif not np.allclose(label.header.get_zooms()[:3], image.header.get_zooms()[:3], rtol=1e-3, atol=1e-4):
-                problems.add(label_path, f"patient {name}: label spacing {label.header.get_zooms()[:3]} differs "
-                                         f"from image {image_path.name} spacing {image.header.get_zooms()[:3]}")
+            elif not np.allclose(voxel_sizes(label), voxel_sizes(image), rtol=1e-3, atol=1e-4):
+                problems.add(label_path, f"patient {name}: label spacing {voxel_sizes(label)} differs "
+                                         f"from image {image_path.name} spacing {voxel_sizes(image)}")
             item["label"] = str(label_path)
         items.append(item)
     if len(shapes) == 2 and shapes["ED"] != shapes["ES"]:

@@ -7,11 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 
 from common.checkpoint import load_network_weights
+from common.geometry import load, voxel_sizes
 from common.io import save_nifti, write_csv
 from common.inputs import folders_only, list_input_folder
 from common.validation import Problems, run_each
@@ -39,7 +39,7 @@ def predict_patient(patient_dir: Path, output_dir: Path, network: torch.nn.Modul
     problems.raise_if_any()
     labels, headers = {}, {}
     for item in items:
-        reference = nib.load(item["image"])
+        reference = load(item["image"])  # the geometry the network input was resampled from (common.geometry)
         label = predict_volume(item["image"], network, preprocessing, inferer, postprocessing, device)
         if label.shape != reference.shape[:3]:
             raise RuntimeError(f"{item['image']}: prediction shape {label.shape} differs from input {reference.shape}")
@@ -50,7 +50,7 @@ def predict_patient(patient_dir: Path, output_dir: Path, network: torch.nn.Modul
         header = reference.header.copy()
         header.set_data_dtype(np.uint8)
         save_nifti(labels[item["phase"]], reference.affine, output_dir / "predictions" / f"{stem}_seg.nii.gz", header)
-    spacing = [float(z) for z in headers["ED"].header.get_zooms()[:3]]
+    spacing = list(voxel_sizes(headers["ED"]))
     return clinical_indices(labels["ED"], labels["ES"], spacing, patient_dir.name)
 
 
