@@ -21,7 +21,7 @@ import numpy as np
 
 from common.io import write_json
 from common.validation import Problems, check_dir
-from scripts.dicom import DicomError, read_header
+from scripts.dicom import DicomError, read_header, require_decoder
 
 logger = logging.getLogger(__name__)
 
@@ -107,18 +107,11 @@ def check_dicom(path: Path, problems: Problems, where: str) -> tuple[int, int] |
     except DicomError as e:
         problems.add(where, str(e))
         return None
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if syntax is not None and syntax.is_compressed:
-        from pydicom.pixels import get_decoder
-
-        try:
-            available = get_decoder(syntax).is_available
-        except NotImplementedError:
-            available = False
-        if not available:
-            problems.add(where, f"{path}: unsupported transfer syntax {syntax.name} ({syntax}): no decoder installed; "
-                                f"decompress it first, e.g. `gdcmconv --raw in.dcm out.dcm`")
-            return None
+    try:
+        require_decoder(ds, path)  # the same check and words as inference (scripts.dicom.read_dicom)
+    except DicomError as e:
+        problems.add(where, str(e))
+        return None
     return int(ds.Rows), int(ds.Columns)
 
 

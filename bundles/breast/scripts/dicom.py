@@ -43,6 +43,29 @@ def read_header(path: str | os.PathLike) -> Dataset:
     return ds
 
 
+def require_decoder(ds: Dataset, path: str | os.PathLike) -> None:
+    """Check that pydicom has a decoder installed for ``ds``'s transfer syntax (uncompressed ones always pass).
+
+    Evaluation (:func:`scripts.data.check_dicom`) and inference (:func:`read_dicom`) both call it, so one file gives
+    the same reason in both.
+
+    Raises:
+        DicomError: compressed transfer syntax with no available decoder; names the file, the syntax and the fix.
+    """
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is None or not syntax.is_compressed:
+        return
+    from pydicom.pixels import get_decoder
+
+    try:
+        available = get_decoder(syntax).is_available
+    except NotImplementedError:
+        available = False
+    if not available:
+        raise DicomError(f"{path}: unsupported transfer syntax {syntax.name} ({syntax}): no decoder installed; "
+                         f"decompress it first, e.g. `gdcmconv --raw in.dcm out.dcm`")
+
+
 def read_dicom(path: str | os.PathLike) -> np.ndarray:
     """Read a greyscale DICOM as a float32 (H, W) array, larger = denser.
 
@@ -55,6 +78,7 @@ def read_dicom(path: str | os.PathLike) -> np.ndarray:
             non-2D image or non-finite values.
     """
     ds = read_header(path)
+    require_decoder(ds, path)
     try:
         stored = ds.pixel_array
     except Exception as e:
