@@ -27,6 +27,7 @@ from types import TracebackType
 WRAPPER_PREFIXES = ("Failed to instantiate component", "Failed to evaluate", "applying transform")
 #: a torch DataLoader worker re-raises the worker's exception with its formatted traceback as the message
 _WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+_EMBEDDED_TRACEBACK = "Traceback (most recent call last):"
 CAUSE_HEADER = "The error above was caused by:"
 
 
@@ -68,22 +69,27 @@ def root_cause(exc: BaseException) -> BaseException:
 
 def message_of(exc: BaseException) -> str:
     """``exc``'s message; for an error re-raised from a DataLoader worker, the last line of the worker's traceback
-    (the original ``Type: message``)."""
+    (the original ``Type: message``); a message with tracebacks pasted into it ends before the first one."""
     text = str(exc)
     if _WORKER_TRACEBACK in text:
         lines = [line for line in text.splitlines() if line.strip()]
         return lines[-1].strip() if lines else text
+    if _EMBEDDED_TRACEBACK in text:  # e.g. MONAI's LoadImage appends every reader's traceback to its message
+        text = text.split(_EMBEDDED_TRACEBACK, 1)[0].rstrip()
     return text
 
 
-def describe(exc: BaseException) -> str:
+def describe(exc: BaseException, one_line: bool = False) -> str:
     """``"<Type>: <message>"`` of the root cause of ``exc`` (see :func:`root_cause`), e.g.
-    ``"DicomError: /in/a.dcm: not a readable DICOM file (...)"``."""
+    ``"DicomError: /in/a.dcm: not a readable DICOM file (...)"``; with ``one_line``, a multi-line message has its
+    lines joined by ``" "`` (for one item of a list of failures)."""
     cause = root_cause(exc)
     text = message_of(cause)
-    if _WORKER_TRACEBACK in str(cause):
-        return text  # already "Type: message" from the worker's traceback
-    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+    if _WORKER_TRACEBACK not in str(cause):  # else already "Type: message" from the worker's traceback
+        text = f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+    if one_line:
+        text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    return text
 
 
 def final_lines(exc: BaseException) -> str:
