@@ -139,7 +139,7 @@ def run_each(items: Iterable[T], fn: Callable[[T], Any], name_of: Callable[[T], 
         try:
             results.append(fn(item))
         except Exception as e:  # noqa: BLE001 - each failure is reported by name, then re-raised together
-            reason = describe(e, one_line=True)  # the error under MONAI's "applying transform <...>" wrapper, which names nothing
+            reason = describe(e, one_line=True)  # what is under MONAI's "applying transform <...>"
             logger.error("%s failed for %s: %s", what, name_of(item), reason)
             failures.append((name_of(item), reason))
     if failures:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from bundle_harness import BUNDLES, REPO
 
 AREAS = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "metadata.json").is_file())
@@ -35,7 +34,7 @@ def terminal(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "monai.bundle", *map(str, args)], cwd=str(cwd), env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900, check=False)
 
 
 def last_line(proc: subprocess.CompletedProcess) -> str:
@@ -87,7 +86,7 @@ def _cardiac(data: Path, target: Path, for_inference: bool) -> Path:
     else:
         shutil.copytree(data, target)
         patient = sorted((target / "testing").iterdir())[1]
-    bad = sorted(p for p in patient.glob("*_frame*.nii.gz") if not p.name.endswith("_gt.nii.gz"))[0]
+    bad = min(p for p in patient.glob("*_frame*.nii.gz") if not p.name.endswith("_gt.nii.gz"))
     _truncate(bad)
     return bad
 
@@ -177,3 +176,36 @@ def test_bad_evaluation_data_ends_with_file_and_the_same_reason(trained):
     line = last_line(proc)
     assert bad.name in line and phrase in line, proc.stdout[-3000:]
     assert "Failed to instantiate" not in line and "applying transform" not in line
+
+
+def test_breast_undecodable_dicom_gives_the_same_reason_to_evaluate_and_inference(tmp_path, monkeypatch):
+    """A compressed transfer syntax without a decoder: the dataset check (evaluate) and the reader (inference) raise
+    one message, from one function (``scripts.dicom.require_decoder``)."""
+    import numpy as np
+    import pydicom
+    import pydicom.pixels
+    from bundle_harness import import_bundle_module
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLSLossless
+
+    from common.validation import Problems
+
+    dicom = import_bundle_module("breast", "dicom")
+    data = import_bundle_module("breast", "data")
+    path = tmp_path / "crop.dcm"
+    dicom.write_dicom(path, np.full((8, 6), 100.0, np.float32))
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless  # the header says so; no decoder (below) reads it
+    ds.PixelData = encapsulate([bytes(ds.PixelData)])
+    ds.save_as(path, enforce_file_format=True)
+
+    class _NoDecoder:
+        is_available = False
+
+    monkeypatch.setattr(pydicom.pixels, "get_decoder", lambda uid: _NoDecoder())
+    problems = Problems("test")
+    assert data.check_dicom(path, problems, "row 2") is None
+    with pytest.raises(dicom.DicomError) as err:
+        dicom.read_dicom(path)
+    assert problems.items == [("row 2", str(err.value))]
+    assert str(err.value).startswith(f"{path}: unsupported transfer syntax JPEG-LS Lossless")

@@ -363,7 +363,9 @@ def test_torchrun_two_processes(tiny_data, tmp_path):
     prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
               "monai.bundle"]
     run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "multi_gpu_train", "tiny"),
-                      "--dataset_dir", tiny_data, "--output_dir", out, "--epochs", 1], prefix=prefix,
+                      "--dataset_dir", tiny_data, "--output_dir", out, "--epochs", 1,
+                      "--val_interval", 2],  # below --epochs: validated after the last epoch all the same
+                     prefix=prefix,
                      env={"OMP_NUM_THREADS": "1"})
     from monai.bundle import ConfigParser
 

@@ -54,7 +54,8 @@ def _read(path: str, problems: Problems, what: str, mode: str) -> np.ndarray | N
             image.load()
             return np.asarray(image.convert(mode))
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a damaged file
-        problems.add(path, f"{what} is corrupt or not an image ({describe(e, one_line=True)})")  # as scripts.transforms.read_rgb
+        # the same words as scripts.transforms.read_rgb (inference)
+        problems.add(path, f"{what} is corrupt or not an image ({describe(e, one_line=True)})")
         return None
 
 

@@ -50,12 +50,12 @@ _MASK_LOADER = LoadImage(reader=PILReader(converter=to_gray, reverse_indexing=Fa
 def _load(loader: LoadImage, path: str | Path, what: str) -> np.ndarray:
     try:
         return np.asarray(loader(str(path))).astype(np.uint8)
-    except Exception as e:  # noqa: BLE001 - PIL and MONAI raise many types
+    except Exception as e:  # PIL and MONAI raise many types
         reason = describe(e, one_line=True)
         try:  # MONAI's "cannot find a suitable reader" hides PIL's reason: ask PIL, as scripts.data._read does
             with Image.open(str(path)) as image:
                 image.load()
-        except Exception as pil_error:  # noqa: BLE001
+        except Exception as pil_error:  # noqa: BLE001 - any reason PIL gives is reported
             reason = describe(pil_error, one_line=True)
         raise ValueError(f"{path}: {what} is corrupt or not an image ({reason})") from e
 
