@@ -212,5 +212,11 @@ def prepare_command_line() -> dict[str, str]:
 def __getattr__(name: str) -> Any:
     """``from common.cli import command_line`` (in every config's ``imports``) runs :func:`prepare_command_line`."""
     if name == "command_line":
-        return prepare_command_line()
+        try:
+            return prepare_command_line()
+        except CommandLineError:
+            raise
+        except Exception as e:  # noqa: BLE001 - MONAI's optional_import would swallow it and run on unchecked values
+            raise CommandLineError(f"common.cli could not check the command-line values against the config "
+                                   f"({errors.describe(e, one_line=True)}); nothing was run") from e
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 from fire import parser as fire_parser
@@ -68,3 +69,28 @@ def test_text_that_fire_kept_is_left_alone():
     config = {"output_dir": "1e3", "datalist": None, "resume": True}
     assert restore_overrides(config, ["run", "--output_dir", "'1e3'", "--datalist", "None"]) == {}
     assert config == {"output_dir": "1e3", "datalist": None, "resume": True}
+
+
+def test_config_import_restores_in_a_real_monai_parse(monkeypatch, tmp_path):
+    """Through MONAI itself: the import in ``imports`` runs before ``output_dir`` is resolved, at every parse."""
+    from monai.bundle import ConfigParser
+
+    monkeypatch.setattr("sys.argv", ["monai.bundle", "run", "--output_dir", "1e3", "--run_name=297e7814231"])
+    for _ in range(2):  # a second run in the same interpreter is checked again (a plain import would run once)
+        parser = ConfigParser({"imports": ["$import os", "$from common.cli import command_line"],
+                               "output_dir": "$'default'", "out": "$os.path.join(str(@output_dir), 'models')",
+                               "run_name": "x", "epochs": 2})
+        parser.update({"output_dir": 1000.0, "run_name": math.inf, "epochs": 2})
+        assert parser.get_parsed_content("out") == os.path.join("1e3", "models")
+        assert parser.get_parsed_content("run_name") == "297e7814231"
+        assert parser["output_dir"] == "1e3" and parser.get_parsed_content("epochs") == 2
+
+
+def test_config_import_refuses_an_untraceable_number(monkeypatch):
+    from monai.bundle import ConfigParser
+
+    monkeypatch.setattr("sys.argv", ["python", "-c"])
+    parser = ConfigParser({"imports": ["$from common.cli import command_line"], "output_dir": "x"})
+    parser.update({"output_dir": 1e-4})
+    with pytest.raises(CommandLineError, match="--output_dir was read as the float 0.0001"):
+        parser.get_parsed_content("output_dir")
