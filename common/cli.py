@@ -216,7 +216,7 @@ def __getattr__(name: str) -> Any:
             return prepare_command_line()
         except CommandLineError:
             raise
-        except Exception as e:  # noqa: BLE001 - MONAI's optional_import would swallow it and run on unchecked values
+        except Exception as e:  # MONAI's optional_import would swallow it and run on unchecked values
             raise CommandLineError(f"common.cli could not check the command-line values against the config "
                                    f"({errors.describe(e, one_line=True)}); nothing was run") from e
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
