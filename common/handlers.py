@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ignite.engine import Engine, Events
+from monai.handlers import ValidationHandler as MonaiValidationHandler
 
 from common.distributed import is_rank0
 from common.evaluation import DatasetMetric, summarise, write_evaluation
@@ -81,3 +82,39 @@ def scalar_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             out[name] = float(value)
     return out
+
+
+class ValidationHandler(MonaiValidationHandler):
+    """MONAI's ``ValidationHandler`` that also validates after the last epoch (or iteration) of training.
+
+    MONAI's handler runs the validator every ``interval`` epochs only, so ``--epochs`` below ``val_interval`` (or not a
+    multiple of it) ends training without a last validation, and without one no best model (``models/model.pt``) is
+    ever written. Here the validator runs at every multiple of ``interval`` *and* at ``max_epochs`` (for
+    ``epoch_level=False``: every ``interval`` iterations and at the last iteration), once per event, on every rank.
+
+    Raises:
+        ValueError: ``interval`` is not a positive integer (the message names ``val_interval``).
+    """
+
+    def __init__(self, interval: int, validator: Any = None, epoch_level: bool = True,
+                 exec_at_start: bool = False) -> None:
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise ValueError(f"val_interval must be a positive whole number of epochs, got {interval!r}.")
+        super().__init__(interval=interval, validator=validator, epoch_level=epoch_level, exec_at_start=exec_at_start)
+
+    def attach(self, engine: Engine) -> None:
+        if self.epoch_level:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._epoch_due), self)
+        else:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._iteration_due), self)
+        if self.exec_at_start:
+            engine.add_event_handler(Events.STARTED, self)
+
+    def _epoch_due(self, engine: Engine, epoch: int) -> bool:
+        return epoch % self.interval == 0 or epoch == engine.state.max_epochs
+
+    def _iteration_due(self, engine: Engine, iteration: int) -> bool:
+        if iteration % self.interval == 0:
+            return True
+        length, max_epochs = engine.state.epoch_length, engine.state.max_epochs
+        return length is not None and max_epochs is not None and iteration == length * max_epochs

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from common.errors import describe
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -126,7 +128,8 @@ def check_labels(array: Any, allowed: Iterable[int], where: str | os.PathLike, p
 def run_each(items: Iterable[T], fn: Callable[[T], Any], name_of: Callable[[T], str] = str,
              what: str = "inference") -> list[Any]:
     """Run ``fn`` on every item; a failing item is logged and skipped, and at the end :class:`BatchFailure` names
-    every failed item (so the process exits non-zero) after the good ones were processed.
+    every failed item with the reason (:func:`common.errors.describe`: the error under MONAI's transform and
+    component wrappers) so the process exits non-zero after the good ones were processed.
 
     Returns:
         the results of the items that succeeded, when none failed.
@@ -136,8 +139,9 @@ def run_each(items: Iterable[T], fn: Callable[[T], Any], name_of: Callable[[T], 
         try:
             results.append(fn(item))
         except Exception as e:  # noqa: BLE001 - each failure is reported by name, then re-raised together
-            logger.error("%s failed for %s: %s", what, name_of(item), e)
-            failures.append((name_of(item), f"{type(e).__name__}: {e}"))
+            reason = describe(e, one_line=True)  # what is under MONAI's "applying transform <...>"
+            logger.error("%s failed for %s: %s", what, name_of(item), reason)
+            failures.append((name_of(item), reason))
     if failures:
         raise BatchFailure(what, failures, done=len(results))
     return results

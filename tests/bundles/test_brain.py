@@ -421,7 +421,8 @@ def test_torchrun_two_processes(tiny_data, tmp_path):
     prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
               "monai.bundle"]
     proc = run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "multi_gpu_train", "tiny"),
-                             "--dataset_dir", tiny_data, "--output_dir", out, "--epochs", 1, "--val_fraction", 0.25],
+                             "--dataset_dir", tiny_data, "--output_dir", out, "--epochs", 1, "--val_fraction", 0.25,
+                             "--val_interval", 2],  # above --epochs: validated after the last epoch all the same
                             prefix=prefix, env={"OMP_NUM_THREADS": "1"})
     assert len(json.loads((out / "splits.json").read_text())["validation"]) == 1
     assert "validation split has 1 case(s) for 2 processes" in proc.stdout + proc.stderr

@@ -186,7 +186,7 @@ def _checked_size(path: str, mtime_ns: int, size: int) -> tuple[tuple[int, int] 
     """``((rows, columns), "")`` of a usable DICOM file, or ``(None, reason)``; cached per file version."""
     try:
         ds = read_header(path)
-        check_decodable(ds, path)
+        check_decodable(ds, path)  # the same check and words as inference (scripts.dicom.read_dicom)
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         if syntax is not None and syntax.is_compressed:
             read_dicom(path)  # decode once: damaged compressed data is reported here, not in the middle of training

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from common.distributed import barrier, is_rank0
+from common.errors import describe
 from common.inputs import pil_image_suffixes
 from common.io import write_json
 from common.validation import DatasetError, Problems, check_file
@@ -62,7 +63,8 @@ def _read(path: str, problems: Problems, what: str, mode: str) -> np.ndarray | N
             image.load()
             return np.asarray(image.convert(mode))
     except Exception as e:  # noqa: BLE001 - PIL raises many types for a damaged file
-        problems.add(path, f"{what} is corrupt or not an image ({type(e).__name__}: {e})")
+        # the same words as scripts.transforms.read_rgb (inference)
+        problems.add(path, f"{what} is corrupt or not an image ({describe(e, one_line=True)})")
         return None
 
 

@@ -20,6 +20,8 @@ from PIL import Image
 from scipy import ndimage
 from skimage import exposure, filters, measure
 
+from common.errors import describe
+
 logger = logging.getLogger(__name__)
 
 
@@ -45,14 +47,35 @@ _IMAGE_LOADER = LoadImage(reader=PILReader(converter=to_rgb, reverse_indexing=Fa
 _MASK_LOADER = LoadImage(reader=PILReader(converter=to_gray, reverse_indexing=False), image_only=True, dtype=None)
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read a fundus image as uint8 HxWx3 (numpy row/column order) through MONAI's PIL reader."""
-    return np.asarray(_IMAGE_LOADER(str(path))).astype(np.uint8)
+def _load(loader: LoadImage, path: str | Path, what: str) -> np.ndarray:
+    try:
+        return np.asarray(loader(str(path))).astype(np.uint8)
+    except Exception as e:  # PIL and MONAI raise many types
+        reason = describe(e, one_line=True)
+        try:  # MONAI's "cannot find a suitable reader" hides PIL's reason: ask PIL, as scripts.data._read does
+            with Image.open(str(path)) as image:
+                image.load()
+        except Exception as pil_error:  # noqa: BLE001 - any reason PIL gives is reported
+            reason = describe(pil_error, one_line=True)
+        raise ValueError(f"{path}: {what} is corrupt or not an image ({reason})") from e
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a DRIVE mask (GIF/PNG) as uint8 HxW."""
-    return np.asarray(_MASK_LOADER(str(path))).astype(np.uint8)
+def read_rgb(path: str | Path, what: str = "image") -> np.ndarray:
+    """Read a fundus image as uint8 HxWx3 (numpy row/column order) through MONAI's PIL reader.
+
+    Raises:
+        ValueError: unreadable file; names the file and the reader's reason, in the words the dataset check uses.
+    """
+    return _load(_IMAGE_LOADER, path, what)
+
+
+def read_mask(path: str | Path, what: str = "mask") -> np.ndarray:
+    """Read a DRIVE mask (GIF/PNG) as uint8 HxW.
+
+    Raises:
+        ValueError: unreadable file (see :func:`read_rgb`).
+    """
+    return _load(_MASK_LOADER, path, what)
 
 
 def binary_values_ok(mask: np.ndarray) -> bool:
@@ -88,7 +111,7 @@ class LoadFundusd(MapTransform):
         self.image_key, self.label_key, self.fov_key = image_key, label_key, fov_key
 
     def _mask(self, path: str, shape: tuple[int, ...], what: str) -> torch.Tensor:
-        mask = read_mask(path)
+        mask = read_mask(path, what)
         if mask.shape != shape:
             raise ValueError(f"{path}: {what} size {mask.shape[1]}x{mask.shape[0]} (WxH) differs from the image's "
                              f"{shape[1]}x{shape[0]}")
