@@ -2,14 +2,18 @@
 input ends the run with a last line that names the file and the problem (issue 13, kinds 2, 3 and 5).
 
 Per bundle, in subprocesses run from a scratch folder (relative folder names are what a user types, and python-fire
-reads a bare ``1e3`` as the float 1000.0): synthesize into ``1e3/`` (``--key value``), train into ``297e7814231/``
-(``--key=value``, fire reads it as ``inf``) for 2 epochs with ``--val_interval 3``, then one evaluate and one
-inference on a copy with one damaged file. Output is read as a terminal shows it: stderr into stdout, unbuffered.
+reads a bare ``1e3`` as the float 1000.0): one evaluate on a copy of the shared tiny data set with one damaged file,
+in a folder named ``0x1F``, and one inference on a folder with one damaged file, written to ``1e-4/``. Output is read
+as a terminal shows it: stderr into stdout, unbuffered. One bundle (breast, the cheapest to train) also synthesizes
+into ``1e3/`` and trains into ``297e7814231/`` (``--key=value``) for 2 epochs with ``--val_interval 3``; that every
+bundle's configs use the same two mechanisms (``common.cli`` and ``common.handlers.ValidationHandler``) is checked
+on the configs of all five.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -124,9 +128,17 @@ DAMAGE = {"brain": (_brain, "not a readable NIfTI"), "eye": (_eye, "image is cor
 
 
 @pytest.fixture(scope="module", params=AREAS)
-def trained(request, tmp_path_factory):
-    area = request.param
-    work = tmp_path_factory.mktemp(f"endings_{area}")
+def trained(request, tiny_pipeline, tmp_path_factory):
+    """The shared tiny run of the bundle (data and model, read-only) and a scratch folder to run from."""
+    run = tiny_pipeline(request.param)
+    return {"area": request.param, "work": tmp_path_factory.mktemp(f"endings_{request.param}"), "data": run["data"],
+            "ckpt": run["out"] / "models" / "model.pt"}
+
+
+@pytest.fixture(scope="module")
+def typed_training(tmp_path_factory):
+    area = "breast"
+    work = tmp_path_factory.mktemp(f"typed_{area}")
     _ok(terminal(["run", "--config_file", configs(area, "synthesize"), "--dataset_dir", "1e3", "--seed", 0], work))
     train = terminal(["run", "--config_file", configs(area, "train"), "--dataset_dir=1e3", "--output_dir=297e7814231",
                       "--epochs", 2, "--val_interval", 3], work)
@@ -134,17 +146,29 @@ def trained(request, tmp_path_factory):
     return {"area": area, "work": work, "data": work / "1e3", "out": work / "297e7814231", "train": train}
 
 
-def test_folder_names_arrive_as_typed(trained):
-    work = trained["work"]
-    assert (trained["data"]).is_dir() and (trained["out"] / "models" / "model.pt").is_file()
+@pytest.mark.parametrize("area", AREAS)
+def test_every_config_restores_typed_text_and_validates_at_the_last_epoch(area):
+    """The two mechanisms pinned end to end on breast below are in every workflow config of every bundle."""
+    for config in sorted((BUNDLES / area / "configs").glob("*.json")):
+        doc = json.loads(config.read_text())
+        if "imports" in doc:
+            assert "$from common.cli import command_line" in doc["imports"], f"{config}: no common.cli hook"
+    train = (BUNDLES / area / "configs" / "train.json").read_text()
+    assert '"_target_": "common.handlers.ValidationHandler"' in train
+    assert '"_target_": "ValidationHandler"' not in train, "MONAI's handler skips the last epoch below val_interval"
+
+
+def test_folder_names_arrive_as_typed(typed_training):
+    work = typed_training["work"]
+    assert (typed_training["data"]).is_dir() and (typed_training["out"] / "models" / "model.pt").is_file()
     assert not (work / "1000.0").exists() and not (work / "inf").exists()
-    assert "{'dataset_dir': '1e3', 'output_dir': '297e7814231'}" in trained["train"].stdout
+    assert "{'dataset_dir': '1e3', 'output_dir': '297e7814231'}" in typed_training["train"].stdout
 
 
-def test_epochs_below_val_interval_validate_once_at_the_last_epoch(trained):
+def test_epochs_below_val_interval_validate_once_at_the_last_epoch(typed_training):
     """--epochs 2 --val_interval 3: MONAI alone validates never and writes no model.pt; here epoch 2 is validated
     (and only it) and its network is the saved best model."""
-    models = trained["out"] / "models"
+    models = typed_training["out"] / "models"
     first = torch.load(models / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=False)
     last = torch.load(models / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=False)
     assert first["best_metric_epoch"] == -1, "no validation after epoch 1"
@@ -159,7 +183,7 @@ def test_bad_inference_input_ends_with_file_and_reason(trained, tmp_path):
     damage, phrase = DAMAGE[area]
     bad = damage(trained["data"], work / "bad_input", True)
     proc = terminal(["run", "--config_file", configs(area, "inference"), "--input_dir", "bad_input",
-                     "--output_dir", "1e-4", "--ckpt_path", "297e7814231/models/model.pt"], work)
+                     "--output_dir", "1e-4", "--ckpt_path", trained["ckpt"]], work)
     assert proc.returncode != 0
     line = last_line(proc)
     assert bad.name in line and phrase in line, proc.stdout[-3000:]
@@ -171,7 +195,7 @@ def test_bad_evaluation_data_ends_with_file_and_the_same_reason(trained):
     damage, phrase = DAMAGE[area]
     bad = damage(trained["data"], work / "0x1F", False)  # fire reads 0x1F as the int 31
     proc = terminal(["run", "--config_file", configs(area, "train", "evaluate"), "--dataset_dir", "0x1F",
-                     "--output_dir", "297e7814231"], work)
+                     "--output_dir", "eval_out", "--ckpt_path", trained["ckpt"]], work)
     assert proc.returncode != 0
     line = last_line(proc)
     assert bad.name in line and phrase in line, proc.stdout[-3000:]
@@ -201,6 +225,7 @@ def test_breast_undecodable_dicom_gives_the_same_reason_to_evaluate_and_inferenc
 
     class _NoDecoder:
         is_available = False
+        missing_dependencies = ["the JPEG-LS plugin"]
 
     monkeypatch.setattr(pydicom.pixels, "get_decoder", lambda uid: _NoDecoder())
     problems = Problems("test")
@@ -208,4 +233,5 @@ def test_breast_undecodable_dicom_gives_the_same_reason_to_evaluate_and_inferenc
     with pytest.raises(dicom.DicomError) as err:
         dicom.read_dicom(path)
     assert problems.items == [("row 2", str(err.value))]
-    assert str(err.value).startswith(f"{path}: unsupported transfer syntax JPEG-LS Lossless")
+    assert str(err.value).startswith(f"{path}: transfer syntax JPEG-LS Lossless")
+    assert "the JPEG-LS plugin" in str(err.value)
