@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _parse_value(value: str) -> list[str]:
-    """The config file paths in one ``--config_file`` value, read as MONAI reads it (python-fire, then a comma split)."""
+    """The config file paths in one ``--config_file`` value, read as MONAI reads it (python-fire, then commas)."""
     try:
         from fire import parser  # MONAI's command line is python-fire; parse the value the same way
 

@@ -7,10 +7,13 @@ subprocesses through ``run_bundle``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -51,3 +54,34 @@ def run_monai_bundle(args: list[str], cwd: str | os.PathLike | None = None, expe
 def config_list(area: str, *names: str) -> str:
     """The ``--config_file`` value merging ``bundles/<area>/configs/<name>.json`` in order."""
     return "[" + ",".join(f"'bundles/{area}/configs/{n}.json'" for n in names) + "]"
+
+
+def _evict_scripts() -> None:
+    for name in [n for n in sys.modules if n == "scripts" or n.startswith("scripts.")]:
+        del sys.modules[name]
+
+
+@contextlib.contextmanager
+def bundle_in_process(root: str | os.PathLike) -> Iterator[Path]:
+    """Use one bundle folder's configs inside this interpreter: its ``scripts`` first on ``sys.path`` while inside,
+    and no bundle's ``scripts`` left in ``sys.modules`` (nor on ``sys.path``) after: the next bundle finds its own."""
+    saved = list(sys.path)
+    _evict_scripts()
+    sys.path.insert(0, str(root))
+    try:
+        yield Path(root)
+    finally:
+        sys.path[:] = saved
+        _evict_scripts()
+
+
+def copy_bundle(area: str, dest: str | os.PathLike) -> Path:
+    """Copy ``bundles/<area>`` to ``dest`` (a folder that need not share the name) without its git-ignored outputs."""
+    outputs = shutil.ignore_patterns("eval", "data", "models", "__pycache__")
+    return Path(shutil.copytree(BUNDLES / area, dest, ignore=outputs))
+
+
+def files_under(folder: str | os.PathLike) -> set[str]:
+    """Relative paths of the files under ``folder`` (``__pycache__`` left out)."""
+    root = Path(folder)
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}

@@ -1,11 +1,13 @@
 """Conformance harness: every folder in ``bundles/`` keeps the contract of DESIGN.md, end to end.
 
-For each bundle, in subprocesses from the repository root (each bundle's ``scripts`` package needs its own
-interpreter): synthesize → train (1 epoch, tiny) → evaluate → inference, with exactly the commands of DESIGN.md and
-the bundle's ``configs/tiny.json`` merged last; then the outputs are checked for their documented form, the network
-for its declared input/output (``monai.bundle verify_net_in_out``), and a TorchScript export of the trained
-checkpoint (``monai.bundle ckpt_export``) for giving the eager network's output. New bundle folders are picked up
-without edits.
+For each bundle, in subprocesses (each bundle's ``scripts`` package needs its own interpreter), from a renamed copy of
+the bundle folder outside the repository, with relative paths, as a Model Zoo user who downloaded one bundle runs it:
+synthesize → train (1 epoch, tiny) → evaluate → inference, with the bundle's ``configs/tiny.json`` merged last and the
+data and outputs at their defaults under ``bundle_root``; every output must land inside the copy. Then the outputs are
+checked for their documented form, MONAI's property checks and ``verify_net_in_out`` are run on the copy, the declared
+network output (channels, value range) is compared with a forward pass, and the TorchScript export command printed in
+the model card is run as printed from the repository root and from the copy, its output compared with the eager
+network's. New bundle folders are picked up without edits.
 """
 
 from __future__ import annotations
@@ -13,14 +15,24 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
+import shlex
 from pathlib import Path
 
 import pytest
+import torch
 
-from bundle_harness import BUNDLES, REPO, SCHEMA, config_list, run_monai_bundle
+from bundle_harness import (
+    BUNDLES,
+    REPO,
+    SCHEMA,
+    bundle_in_process,
+    copy_bundle,
+    files_under,
+    run_monai_bundle,
+)
 
-AREAS = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "metadata.json").is_file()) if BUNDLES.is_dir() else []
+AREAS = (sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "metadata.json").is_file())
+         if BUNDLES.is_dir() else [])
 CONTRACT_FILES = ("metadata.json", "train.json", "evaluate.json", "inference.json", "multi_gpu_train.json",
                   "synthesize.json", "logging.conf", "tiny.json")
 
@@ -31,23 +43,29 @@ def tiny_settings(area: str) -> dict:
     return json.loads((BUNDLES / area / "configs" / "tiny.json").read_text())
 
 
+def local_configs(*names: str) -> str:
+    """``--config_file`` value for configs of the bundle folder the command runs in (relative paths)."""
+    return "[" + ",".join(f"'configs/{n}.json'" for n in names) + "]"
+
+
 @pytest.fixture(scope="module", params=AREAS)
 def pipeline(request, tmp_path_factory):
-    """Synthesize, train, evaluate and infer once per bundle; the tests below check what it wrote."""
+    """Synthesize, train, evaluate and infer once per bundle, inside a renamed copy of the bundle folder outside the
+    repository, with relative paths and the default ``dataset_dir``/``output_dir`` (under ``bundle_root``)."""
     area = request.param
     work = tmp_path_factory.mktemp(area)
-    data, out, pred = work / "data", work / "out", work / "pred"
+    copy = copy_bundle(area, work / f"downloaded_{area}_copy")
+    repo_files_before = files_under(BUNDLES / area)
     tiny = tiny_settings(area)
-    run_monai_bundle(["run", "--config_file", config_list(area, "synthesize", "tiny"), "--dataset_dir", data,
-                      "--seed", 0])
-    train = run_monai_bundle(["run", "--config_file", config_list(area, "train", "tiny"), "--dataset_dir", data,
-                              "--output_dir", out, "--epochs", 1])
-    evaluate = run_monai_bundle(["run", "--config_file", config_list(area, "train", "evaluate", "tiny"),
-                                 "--dataset_dir", data, "--output_dir", out])
-    input_dir = data / tiny.get("harness_inference_input", "")
-    infer = run_monai_bundle(["run", "--config_file", config_list(area, "inference", "tiny"), "--input_dir", input_dir,
-                              "--output_dir", pred, "--ckpt_path", out / "models" / "model.pt"])
-    return {"area": area, "work": work, "data": data, "out": out, "pred": pred, "tiny": tiny,
+    run_monai_bundle(["run", "--config_file", local_configs("synthesize", "tiny"), "--seed", 0], cwd=copy)
+    train = run_monai_bundle(["run", "--config_file", local_configs("train", "tiny"), "--epochs", 1], cwd=copy)
+    evaluate = run_monai_bundle(["run", "--config_file", local_configs("train", "evaluate", "tiny")], cwd=copy)
+    sub = tiny.get("harness_inference_input", "")
+    infer = run_monai_bundle(["run", "--config_file", local_configs("inference", "tiny"), "--input_dir",
+                              f"data/synthetic/{sub}" if sub else "data/synthetic", "--output_dir", "pred",
+                              "--ckpt_path", "eval/models/model.pt"], cwd=copy)
+    return {"area": area, "work": work, "copy": copy, "data": copy / "data" / "synthetic", "out": copy / "eval",
+            "pred": copy / "pred", "tiny": tiny, "repo_files_before": repo_files_before,
             "logs": {"train": train, "evaluate": evaluate, "inference": infer}}
 
 
@@ -131,30 +149,95 @@ def test_inference_outputs(pipeline):
     assert not [p for p in pred.rglob(".*.tmp*")], "temporary files left behind"
 
 
-def test_network_in_out_and_torchscript_export(pipeline):
-    area, work = pipeline["area"], pipeline["work"]
-    bundle = BUNDLES / area
-    configs = "['configs/inference.json','configs/tiny.json']"
-    run_monai_bundle(["verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
-                      "--config_file", configs], cwd=bundle)
-    ts_path = work / "model.ts"
-    run_monai_bundle(["ckpt_export", "network_def", "--filepath", ts_path, "--ckpt_file",
-                      pipeline["out"] / "models" / "model.pt", "--meta_file", "configs/metadata.json",
-                      "--config_file", configs], cwd=bundle)
-    shape = pipeline["tiny"]["harness_input_shape"]
-    code = (
-        "import sys, torch; from monai.bundle import ConfigParser\n"
-        f"p = ConfigParser(); p.read_config({['configs/inference.json', 'configs/tiny.json']!r})\n"
-        "net = p.get_parsed_content('network_def')\n"
-        f"net.load_state_dict(torch.load({str(pipeline['out'] / 'models' / 'model.pt')!r}, map_location='cpu'))\n"
-        f"ts = torch.jit.load({str(ts_path)!r}, map_location='cpu')\n"
-        f"x = torch.rand(*{list(shape)!r}, generator=torch.Generator().manual_seed(0))\n"
-        "net.eval(); ts.eval()\n"
-        "with torch.no_grad(): a, b = net(x), ts(x)\n"
-        "a = a if torch.is_tensor(a) else a[0]; b = b if torch.is_tensor(b) else b[0]\n"
-        "err = (a - b).abs().max().item(); print('max abs diff', err); sys.exit(0 if err < 1e-4 else 1)\n"
-    )
-    run_monai_bundle(["-c", code], prefix=[sys.executable], cwd=bundle)
+def test_copied_bundle_runs_and_writes_only_inside_itself(pipeline):
+    """Issue 19: a bundle folder copied anywhere runs from inside with relative paths, and ``bundle_root`` is that
+    folder: the synthetic data, the model, the metrics and the predictions are in the copy, nothing in the
+    repository's bundle folder, nothing beside the copy."""
+    copy = pipeline["copy"]
+    assert sorted(p.name for p in pipeline["work"].iterdir()) == [copy.name], "something was written beside the copy"
+    assert any((copy / "data" / "synthetic").iterdir()), "synthesize wrote nothing into <copy>/data/synthetic"
+    for path in ("eval/models/model.pt", "eval/metrics.json", "eval/metrics_per_case.csv"):
+        assert (copy / path).is_file(), f"{path} is not inside the copy"
+    new_in_repo = files_under(BUNDLES / pipeline["area"]) - pipeline["repo_files_before"]
+    assert not new_in_repo, f"running the copy wrote into the repository's bundle folder: {sorted(new_in_repo)[:5]}"
+
+
+def export_commands(area: str) -> list[str]:
+    """The ``ckpt_export`` command lines printed in the model card."""
+    text = (BUNDLES / area / "docs" / "README.md").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("python -m monai.bundle ckpt_export")]
+
+
+def with_paths(command: str, filepath: Path, ckpt: Path) -> list[str]:
+    """The printed command as an argument list, only ``--filepath`` and ``--ckpt_file`` pointed at the test's files."""
+    args = shlex.split(command)
+    for flag, value in (("--filepath", filepath), ("--ckpt_file", ckpt)):
+        assert flag in args, f"the printed export command has no {flag}: {command}"
+        args[args.index(flag) + 1] = str(value)
+    return args[3:]  # after "python -m monai.bundle"
+
+
+def expected_range_holds(output: torch.Tensor, declared: dict) -> str | None:
+    """Why ``output`` contradicts the declared output format (None when it agrees)."""
+    if output.shape[1] != declared["num_channels"]:
+        return f"{output.shape[1]} channels, {declared['num_channels']} declared"
+    low_high = declared["value_range"]
+    if low_high:  # bounded output declared: every value inside it
+        if output.min() < low_high[0] or output.max() > low_high[1]:
+            return f"values {output.min():.3g}..{output.max():.3g} outside the declared {low_high}"
+        return None
+    # unbounded (logits) declared: the description says so, and the values are not probabilities
+    labels = " ".join(str(v) for v in declared.get("channel_def", {}).values()) + " " + declared["format"]
+    if "logit" not in labels:
+        return "an unbounded value_range needs the channels described as logits"
+    if output.min() >= 0 and output.max() <= 1:
+        return f"declared logits but every value is in [0, 1] ({output.min():.3g}..{output.max():.3g})"
+    return None
+
+
+def test_network_matches_metadata_and_printed_export_works(pipeline):
+    """MONAI's ``verify_net_in_out`` on the copy (the Zoo's check); the declared output channels and value range
+    against a forward pass of the real-size network; the model card's TorchScript export commands, exactly as printed
+    (only the output and checkpoint paths replaced), from the repository root and from the copy, each giving the
+    eager network's output."""
+    from monai.bundle import ConfigParser, verify_net_in_out
+    from monai.bundle.scripts import _get_fake_spatial_shape
+
+    area, copy = pipeline["area"], pipeline["copy"]
+    exports = copy / "exports"
+    exports.mkdir()
+    meta = json.loads((copy / "configs" / "metadata.json").read_text())
+    declared_in = meta["network_data_format"]["inputs"]["image"]
+    declared_out = next(iter(meta["network_data_format"]["outputs"].values()))
+    with bundle_in_process(copy):
+        verify_net_in_out("network_def", meta_file=str(copy / "configs" / "metadata.json"),
+                          config_file=str(copy / "configs" / "inference.json"), device="cpu", n=2,
+                          bundle_root=str(copy))
+        parser = ConfigParser()
+        parser.read_config(str(copy / "configs" / "inference.json"))
+        parser["bundle_root"] = str(copy)
+        torch.manual_seed(0)
+        net = parser.get_parsed_content("network_def").eval()
+        torch.save(net.state_dict(), exports / "seeded.pt")
+        shape = (4, declared_in["num_channels"], *_get_fake_spatial_shape(declared_in["spatial_shape"], n=2))
+        low, high = declared_in["value_range"] or (0.0, 1.0)
+        x = low + (high - low) * torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            eager = net(x)
+    problem = expected_range_holds(eager, declared_out)
+    assert problem is None, f"{area}: network_data_format.outputs is not what the network returns: {problem}"
+
+    commands = export_commands(area)
+    from_root = [c for c in commands if f"bundles/{area}/configs/" in c]
+    from_bundle = [c for c in commands if "bundles/" not in c and " configs/" in c]
+    assert from_root and from_bundle, f"{area}: the model card must print the export command for both places"
+    for i, (command, cwd) in enumerate([(from_root[0], REPO), (from_bundle[0], copy)]):
+        ts_path = exports / f"model_{i}.ts"
+        run_monai_bundle(with_paths(command, ts_path, exports / "seeded.pt"), cwd=cwd)
+        with torch.no_grad():
+            exported = torch.jit.load(str(ts_path), map_location="cpu").eval()(x)
+        err = (exported - eager).abs().max().item()
+        assert err < 1e-4, f"{area}: TorchScript from {cwd} differs from the eager network by {err}"
 
 
 def test_no_personal_paths_or_device_pinning():
