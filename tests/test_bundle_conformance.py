@@ -74,7 +74,7 @@ def test_contract_files_present(area):
     configs = BUNDLES / area / "configs"
     missing = [f for f in CONTRACT_FILES if not (configs / f).is_file()]
     assert not missing, f"{area}: missing configs {missing}"
-    for name in ("docs/README.md", "LICENSE", "scripts/__init__.py"):
+    for name in ("docs/README.md", "docs/data_license.txt", "LICENSE", "scripts/__init__.py"):
         assert (BUNDLES / area / name).is_file(), f"{area}: missing {name}"
 
 
