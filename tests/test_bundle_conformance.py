@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shlex
 from pathlib import Path
 
@@ -109,20 +110,37 @@ def test_metadata_valid_offline(area):
     assert "image" in meta["network_data_format"]["inputs"]
 
 
-def test_train_properties_and_outputs(pipeline):
-    """Every required property of MONAI's train workflow exists under its canonical id (checked without resolving
-    the config, since the bundle's ``scripts`` are importable only inside ``run``)."""
-    from monai.bundle import ConfigParser
-    from monai.bundle.properties import TrainProperties
-    from monai.utils import BundleProperty, BundlePropertyConfig
+@pytest.mark.parametrize("area", AREAS)
+def test_metadata_declares_common_and_measured_metrics(area):
+    """Issue 19: the shared library is a declared dependency with the collection's version; ``eval_metrics`` hold
+    numbers (measured, on synthetic data whose description is in ``eval_metrics_data``), not descriptions."""
+    meta = json.loads((BUNDLES / area / "configs" / "metadata.json").read_text())
+    version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.MULTILINE).group(1)
+    assert meta["required_packages_version"].get("monai-bundle-collection") == version
+    metrics = meta.get("eval_metrics", {})
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()), metrics
+    if metrics:
+        assert all(k.startswith("synthetic_") for k in metrics), "say in the key that the number is not real data"
+        assert "synthetic" in meta.get("eval_metrics_data", ""), "name the data the metrics were measured on"
 
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLES / pipeline["area"] / "configs" / "train.json"))
-    missing = [name for name, prop in TrainProperties.items()
-               if prop.get(BundleProperty.REQUIRED) and prop[BundlePropertyConfig.ID] not in parser]
-    assert not missing, f"train.json lacks the required properties {missing}"
+
+def test_train_properties_and_outputs(pipeline, tmp_path):
+    """MONAI's own property check of the train workflow (``ConfigWorkflow(..., workflow_type="train")``, initialised,
+    every required property resolved and every optional one under its canonical id), on the copy the pipeline ran,
+    with its data; the bundle's ``scripts`` made importable as ``run`` would."""
+    from monai.bundle import ConfigWorkflow
+
+    copy = pipeline["copy"]
     model = pipeline["out"] / "models" / "model.pt"
     assert model.is_file() and model.stat().st_size > 0, "train wrote no models/model.pt"
+    with bundle_in_process(copy):
+        configs = [str(copy / "configs" / "train.json"), str(copy / "configs" / "tiny.json")]
+        workflow = ConfigWorkflow(config_file=configs, meta_file=str(copy / "configs" / "metadata.json"),
+                                  logging_file=False, workflow_type="train", bundle_root=str(copy),
+                                  output_dir=str(tmp_path))
+        workflow.initialize()
+        missing = workflow.check_properties()
+    assert missing == [], f"train.json fails MONAI's train property check: {missing}"
 
 
 def test_evaluate_outputs(pipeline):
