@@ -7,11 +7,14 @@ subprocesses through ``run_bundle``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -60,40 +63,72 @@ def tiny_settings(area: str) -> dict:
 
 
 def build_tiny_pipeline(area: str, work: Path) -> dict:
-    """Synthesize (seed 0), train (1 epoch), evaluate and infer once, with the DESIGN.md commands and ``tiny.json``
-    merged last (inference: without it, the training settings come from ``models/model.json``), for the bundle's
-    first declared workflow (``common.workflows``).
+    """Synthesize (seed 0), train (1 epoch), evaluate and infer once, for the bundle's first declared workflow
+    (``common.workflows``), as a Model Zoo user who downloaded the bundle runs it: from inside a renamed copy of the
+    bundle folder (``<work>/downloaded_<area>_copy``), relative ``configs/...`` paths, the default ``dataset_dir``
+    (``data/synthetic``) and ``output_dir`` (``eval``), ``tiny.json`` merged last. Inference runs WITHOUT tiny.json
+    into ``pred``: the trained (tiny) network and preprocessing must come from ``eval/models/model.json`` alone (only
+    inference-only knobs that training does not record, e.g. a heat-map stride, are passed).
 
-    Returns ``{"area", "work", "data", "out", "pred", "tiny", "logs": {step: CompletedProcess}}``: ``out`` holds the
-    trained model and the evaluation (``metrics.json``), ``pred`` the inference outputs. Shared by the conformance
-    harness and the bundle's own tests through the session fixture ``tiny_pipeline``: treat it as read-only (write
-    elsewhere, with ``--ckpt_path``).
+    Returns ``{"area", "work", "copy", "data", "out", "pred", "tiny", "repo_files_before", "logs": {step: process}}``.
+    Shared by the conformance harness and the bundle's own tests through the session fixture ``tiny_pipeline``:
+    treat it as read-only (write elsewhere, with ``--ckpt_path``).
     """
     from common.workflows import bundle_workflows
 
     flow = bundle_workflows(BUNDLES / area)[0]
-    data, out, pred = work / "data", work / "out", work / "pred"
+    repo_files_before = files_under(BUNDLES / area)
+    copy = copy_bundle(area, work / f"downloaded_{area}_copy")
+    data, out, pred = copy / "data" / "synthetic", copy / "eval", copy / "pred"
     tiny = tiny_settings(area)
 
-    def configs(step: str) -> str:
-        return config_list(area, *[name.removesuffix(".json") for name in flow.configs[step]], "tiny")
+    def configs(step: str, with_tiny: bool = True) -> str:
+        names = [*flow.configs[step], *(["tiny.json"] if with_tiny else [])]
+        return "[" + ",".join(f"'configs/{n}'" for n in names) + "]"
 
-    logs = {"synthesize": run_monai_bundle(["run", "--config_file", configs("synthesize"), "--dataset_dir", data,
-                                            "--seed", 0])}
-    logs["train"] = run_monai_bundle(["run", "--config_file", configs("train"), "--dataset_dir", data,
-                                      "--output_dir", out, "--epochs", 1])
-    logs["evaluate"] = run_monai_bundle(["run", "--config_file", configs("evaluate"), "--dataset_dir", data,
-                                         "--output_dir", out])
-    input_dir = data / flow.inference_input if flow.inference_input else data
-    # inference WITHOUT tiny.json: the trained (tiny) network and preprocessing must come from models/model.json
-    # alone; only inference-only knobs that training does not record (e.g. a heat-map stride) are passed
+    logs = {"synthesize": run_monai_bundle(["run", "--config_file", configs("synthesize"), "--seed", 0], cwd=copy)}
+    logs["train"] = run_monai_bundle(["run", "--config_file", configs("train"), "--epochs", 1], cwd=copy)
+    logs["evaluate"] = run_monai_bundle(["run", "--config_file", configs("evaluate")], cwd=copy)
     recorded = json.loads((out / "models" / "model.json").read_text())
     inference_ids = set()
     for name in flow.configs["inference"]:
         inference_ids |= set(json.loads((BUNDLES / area / "configs" / name).read_text()))
     knobs = [arg for key, value in tiny.items() if key in inference_ids and key not in recorded
              for arg in (f"--{key}", json.dumps(value))]
-    logs["inference"] = run_monai_bundle(["run", "--config_file", config_list(area, *[
-        name.removesuffix(".json") for name in flow.configs["inference"]]), "--input_dir", input_dir,
-        "--output_dir", pred, "--ckpt_path", out / "models" / "model.pt", *knobs])
-    return {"area": area, "work": work, "data": data, "out": out, "pred": pred, "tiny": tiny, "logs": logs}
+    input_dir = "data/synthetic" + (f"/{flow.inference_input}" if flow.inference_input else "")
+    logs["inference"] = run_monai_bundle(["run", "--config_file", configs("inference", with_tiny=False),
+                                          "--input_dir", input_dir, "--output_dir", "pred",
+                                          "--ckpt_path", "eval/models/model.pt", *knobs], cwd=copy)
+    return {"area": area, "work": work, "copy": copy, "data": data, "out": out, "pred": pred, "tiny": tiny,
+            "repo_files_before": repo_files_before, "logs": logs}
+
+
+def _evict_scripts() -> None:
+    for name in [n for n in sys.modules if n == "scripts" or n.startswith("scripts.")]:
+        del sys.modules[name]
+
+
+@contextlib.contextmanager
+def bundle_in_process(root: str | os.PathLike) -> Iterator[Path]:
+    """Use one bundle folder's configs inside this interpreter: its ``scripts`` first on ``sys.path`` while inside,
+    and no bundle's ``scripts`` left in ``sys.modules`` (nor on ``sys.path``) after: the next bundle finds its own."""
+    saved = list(sys.path)
+    _evict_scripts()
+    sys.path.insert(0, str(root))
+    try:
+        yield Path(root)
+    finally:
+        sys.path[:] = saved
+        _evict_scripts()
+
+
+def copy_bundle(area: str, dest: str | os.PathLike) -> Path:
+    """Copy ``bundles/<area>`` to ``dest`` (a folder that need not share the name) without its git-ignored outputs."""
+    outputs = shutil.ignore_patterns("eval", "data", "models", "__pycache__")
+    return Path(shutil.copytree(BUNDLES / area, dest, ignore=outputs))
+
+
+def files_under(folder: str | os.PathLike) -> set[str]:
+    """Relative paths of the files under ``folder`` (``__pycache__`` left out)."""
+    root = Path(folder)
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
