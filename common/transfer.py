@@ -24,6 +24,7 @@ The network must be prepared before it is wrapped in ``DistributedDataParallel``
 
 from __future__ import annotations
 
+import importlib
 import logging
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,7 +39,7 @@ from torch import nn
 from common.checkpoint import FORMAT, CheckpointError, load_checkpoint, unwrap
 
 logger = logging.getLogger(__name__)
-Presets = Mapping[str, "Sequence[str] | Callable[[nn.Module], Sequence[str]]"]
+Presets = Mapping[str, "Sequence[str] | Callable[[nn.Module], Sequence[str]]"] | str
 _NORMS = (nn.modules.batchnorm._NormBase,)  # BatchNorm1/2/3d, SyncBatchNorm, InstanceNorm1/2/3d
 
 
@@ -151,7 +152,7 @@ def resolve_freeze(network: nn.Module, freeze: str | Iterable[str] | None, prese
     items = [freeze] if isinstance(freeze, str) else list(freeze or [])
     net = unwrap(network)
     names = [n for n, _ in net.named_parameters()]
-    presets = dict(presets or {})
+    presets = presets_of(presets)
     prefixes: list[str] = []
     for item in items:
         item = str(item).strip()
@@ -169,6 +170,27 @@ def resolve_freeze(network: nn.Module, freeze: str | Iterable[str] | None, prese
             raise TransferError(f"freeze prefix '{item}' matches no parameter of {type(net).__name__}; valid "
                                 f"top-level names: {_top_level(names)}, presets: {sorted(presets)}")
     return prefixes
+
+
+def presets_of(presets: Presets | None) -> dict[str, Any]:
+    """``presets`` as a dict: a mapping as is, or the dotted name of a module whose ``FREEZE_PRESETS`` it is (train.json
+    passes ``'scripts.networks'``, the bundle's network module, imported here so the config needs no import line).
+
+    Raises:
+        TransferError: the module cannot be imported or has no ``FREEZE_PRESETS`` mapping.
+    """
+    if presets is None:
+        return {}
+    if isinstance(presets, str):
+        try:
+            module = importlib.import_module(presets)
+        except ImportError as e:
+            raise TransferError(f"freeze presets: cannot import {presets} ({e})") from e
+        found = getattr(module, "FREEZE_PRESETS", None)
+        if not isinstance(found, Mapping):
+            raise TransferError(f"freeze presets: {module.__file__} defines no FREEZE_PRESETS mapping")
+        return dict(found)
+    return dict(presets)
 
 
 def _top_level(names: Iterable[str]) -> list[str]:
