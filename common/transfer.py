@@ -133,6 +133,10 @@ def load_pretrained(network: nn.Module, path: str | Path) -> TransferReport:
     report = TransferReport(pretrained_ckpt=str(path), loaded=list(loaded), skipped=skipped)
     logger.info("pretrained %s: loaded %d of %d tensors of the network; skipped %d%s", path, len(loaded),
                 len(target), len(skipped), "".join(f"\n  skipped {k}: {v}" for k, v in skipped.items()))
+    if len(loaded) < len(target) / 2:
+        logger.warning("pretrained %s: only %d of %d tensors of the network fit (%d shape mismatches): is it a "
+                       "checkpoint of this network with the same width (e.g. --init_filters/--channels)?", path,
+                       len(loaded), len(target), sum(r.startswith("shape") for r in skipped.values()))
     return report
 
 
