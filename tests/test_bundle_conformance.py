@@ -158,9 +158,10 @@ def test_transfer_ids_and_encoder_preset(area, tmp_path):
     multi.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in ("train", "multi_gpu_train")])
     assert "@network_init.to(@device)" in json.dumps(multi["network"]), f"{area}: DDP must wrap network_init"
 
-    evaluate = ConfigParser()  # evaluate.json replaces train.json's imports: the network must still resolve
-    evaluate.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in ("train", "evaluate", "tiny")])
-    assert evaluate.get_parsed_content("network_init").transfer_report.loaded == []
+    for overlay in ("evaluate", "multi_gpu_train"):  # they replace train.json's imports: network_init must resolve
+        merged = ConfigParser()
+        merged.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in ("train", overlay, "tiny")])
+        assert merged.get_parsed_content("network_init").transfer_report.loaded == []
 
     parser["freeze"] = "encoder"
     net = parser.get_parsed_content("network_init")
