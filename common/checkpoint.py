@@ -186,7 +186,8 @@ class ResumableCheckpoint:
             raise CheckpointError(
                 f"{path} was trained with {len(frozen_then)} frozen parameters but this run freezes {len(frozen_now)} "
                 f"(only then: {sorted(set(frozen_then) - set(frozen_now))[:5]}, only now: "
-                f"{sorted(set(frozen_now) - set(frozen_then))[:5]}): resume with the same --freeze and --pretrained_ckpt")
+                f"{sorted(set(frozen_now) - set(frozen_then))[:5]}): resume with the same --freeze and "
+                f"--pretrained_ckpt")
         try:
             unwrap(self.network).load_state_dict(state["network"])
             self.optimizer.load_state_dict(state["optimizer"])

@@ -477,3 +477,19 @@ def test_fine_tune_from_the_shared_model_with_frozen_encoder(trained, tiny_data,
                             "--output_dir", tmp_path / "bad", "--epochs", 1, "--freeze", "featurez"], expect_ok=False)
     last = [line for line in bad.stderr.splitlines() if line.strip()][-1]
     assert bad.returncode != 0 and "'featurez'" in last and "['features', 'head']" in last, last
+
+
+def test_scanner_shift_changes_the_image_not_the_anatomy():
+    """Simulated scanners (site shift): the same seed gives the same mass (ROI, descriptors) on every scanner; "B"
+    (gamma 0.6, blur 1.5 px, noise 0.035) brightens the image (x**0.6 > x on (0, 1)) and, before its stronger noise,
+    smooths it; an unknown scanner is refused naming the known ones."""
+    phantom = mod("phantom")
+    cases = {s: phantom.render_case(np.random.default_rng(3), True, "CC", (160, 128), s) for s in ("A", "B", "C")}
+    assert all(np.array_equal(cases["A"]["roi"], c["roi"]) and cases["A"]["shape"] == c["shape"]
+               for c in cases.values())
+    default = phantom.render_case(np.random.default_rng(3), True, "CC", (160, 128))
+    assert np.array_equal(default["image"], cases["A"]["image"])
+    inside = cases["A"]["image"] > 0.05
+    assert cases["B"]["image"][inside].mean() > cases["A"]["image"][inside].mean() > cases["C"]["image"][inside].mean()
+    with pytest.raises(ValueError, match=r"unknown scanner 'Z': choose one of \['A', 'B', 'C'\]"):
+        phantom.synthesize("/nonexistent/never_written", num_cases=4, scanner="Z")
