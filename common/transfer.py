@@ -247,6 +247,8 @@ def prepare(network: nn.Module, pretrained_ckpt: str | Path | None = None, freez
     ckpt = None if pretrained_ckpt in (None, "", "null", "None") else pretrained_ckpt
     report = load_pretrained(net, ckpt) if ckpt is not None else TransferReport()
     prefixes = resolve_freeze(net, freeze, presets)
+    if prefixes and ckpt is None:
+        logger.warning("freeze %s without pretrained_ckpt: the frozen part keeps its random initialisation", prefixes)
     if prefixes:
         report.frozen, report.frozen_norms = freeze_parameters(net, prefixes)
         total = sum(1 for _ in net.parameters())
@@ -291,6 +293,8 @@ def param_groups(network: nn.Module, lr: float, pretrained_lr_scale: float = 1.0
     if not trainable:
         raise TransferError(f"no trainable parameter in {type(net).__name__}: check freeze")
     report = report_of(net)
+    if report.pretrained_ckpt is None and scale != 1.0:
+        logger.warning("pretrained_lr_scale %s has no effect without pretrained_ckpt", scale)
     if report.pretrained_ckpt is None or scale == 1.0:
         return [{"params": [p for _, p in trainable], "lr": float(lr)}]
     loaded = set(report.loaded)

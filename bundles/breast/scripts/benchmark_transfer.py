@@ -125,11 +125,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--test_cases", type=int, default=200)
     parser.add_argument("--sizes", default="10,25,50,100,200")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--source_steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--source_steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--channels", default="8,16,32,32,64")
+    parser.add_argument("--channels", default="4,8,16,16,32")
     parser.add_argument("--source_scanner", default="A")
     parser.add_argument("--target_scanner", default="B")
     parser.add_argument("--n_resamples", type=int, default=500)
@@ -181,10 +181,10 @@ def main(argv: list[str] | None = None) -> dict:
             results[arm][n] = {"auc": auc, "ci95": [low, high],
                                "auc_per_seed": [float(roc_auc_score(y_test, s)) for s in per_arm[arm]]}
         print(f"N={n}: " + ", ".join(f"{a} {results[a][n]['auc']:.3f}" for a in ARMS), flush=True)
-    out = {"settings": vars(args), "reference": reference, "results": results,
-           "seconds": {"generate": generated, "total": time.perf_counter() - start},
-           "target_test_malignant": int(y_test.sum()), "target_test_cases": len(y_test)}
-    write_json(work / "transfer_curve.json", out)
+        out = {"settings": vars(args), "reference": reference, "results": results,
+               "seconds": {"generate": generated, "total": time.perf_counter() - start},
+               "target_test_malignant": int(y_test.sum()), "target_test_cases": len(y_test)}
+        write_json(work / "transfer_curve.json", out)  # after every N: a stopped run keeps what it measured
     plot(results, reference, args, Path(args.plot))
     print(json.dumps(reference), f"total {out['seconds']['total']:.0f} s", flush=True)
     return out
