@@ -41,6 +41,11 @@ def cpu_state_dict(network: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in unwrap(network).state_dict().items()}
 
 
+def frozen_parameters(network: torch.nn.Module) -> list[str]:
+    """Names of the network's parameters with ``requires_grad=False`` (``common.transfer`` freezing), in order."""
+    return [name for name, p in unwrap(network).named_parameters() if not p.requires_grad]
+
+
 def save_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: a kill never leaves a partial file."""
     with atomic_path(path) as tmp:
@@ -134,6 +139,7 @@ class ResumableCheckpoint:
             "optimizer": self.optimizer.state_dict(),
             "epoch": engine.state.epoch,
             "iteration": engine.state.iteration,
+            "frozen": frozen_parameters(self.network),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "numpy": np.random.get_state(),
@@ -175,6 +181,13 @@ class ResumableCheckpoint:
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not a resumable checkpoint (no '{FORMAT}' format tag)")
         earlier = [p.name for p in list_resumable(self.checkpoint_dir) if p != path]
+        frozen_then, frozen_now = state.get("frozen"), frozen_parameters(self.network)
+        if frozen_then is not None and list(frozen_then) != frozen_now:
+            raise CheckpointError(
+                f"{path} was trained with {len(frozen_then)} frozen parameters but this run freezes {len(frozen_now)} "
+                f"(only then: {sorted(set(frozen_then) - set(frozen_now))[:5]}, only now: "
+                f"{sorted(set(frozen_now) - set(frozen_then))[:5]}): resume with the same --freeze and "
+                f"--pretrained_ckpt")
         try:
             unwrap(self.network).load_state_dict(state["network"])
             self.optimizer.load_state_dict(state["optimizer"])

@@ -434,3 +434,49 @@ def test_torchrun_two_processes(tiny_data, tmp_path):
     net.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu"))
     assert [p.name for p in (out / "models").iterdir() if p.name.startswith("checkpoint_")] == ["checkpoint_epoch=1.pt"]
     assert os.path.isfile(out / "splits.json")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# transfer from the Model Zoo's brats_mri_segmentation (issue 16)
+# ---------------------------------------------------------------------------------------------------------------------
+def test_model_zoo_brats_checkpoint_loads_completely_with_init_filters_16(tmp_path):
+    """A state dict in the layout of the Zoo's ``brats_mri_segmentation`` (built here from MONAI's SegResNet; nothing
+    is downloaded) loads into train.json's network with every tensor matched under ``--init_filters 16``, directly
+    and after ``scripts/zoo.py`` has put its input channels in this bundle's order; the default width refuses it."""
+    from monai.bundle import ConfigParser
+    from monai.networks.nets import SegResNet
+
+    from bundle_harness import import_bundle_module
+    from common.checkpoint import CheckpointError
+
+    zoo_module = import_bundle_module(AREA, "zoo")
+    import_bundle_module(AREA, "networks")
+    torch.manual_seed(0)
+    zoo = SegResNet(spatial_dims=3, init_filters=16, in_channels=4, out_channels=3, blocks_down=(1, 2, 2, 4),
+                    blocks_up=(1, 1, 1), dropout_prob=0.2)
+    zoo_path, converted = tmp_path / "zoo" / "model.pt", tmp_path / "brats_zoo_t1_first.pt"
+    zoo_path.parent.mkdir()
+    torch.save(zoo.state_dict(), zoo_path)
+    zoo_module.convert(zoo_path, converted)
+
+    def network(ckpt, **overrides):
+        parser = ConfigParser()
+        parser.read_config(str(REPO / "bundles" / AREA / "configs" / "train.json"))
+        parser.update({"pretrained_ckpt": str(ckpt), **overrides})
+        return parser.get_parsed_content("network_init")
+
+    expected = zoo.state_dict()
+    for ckpt in (zoo_path, converted):
+        net = network(ckpt, init_filters=16)
+        report = net.transfer_report
+        assert report.skipped == {} and sorted(report.loaded) == sorted(expected), ckpt
+    state = net.state_dict()  # the converted one: T1 (bundle channel 0) <- Zoo channel 1 (T1), T1ce <- Zoo T1ce (0)
+    first = "convInit.conv.weight"
+    assert torch.equal(state[first][:, 0], expected[first][:, 1]) and torch.equal(state[first][:, 1], expected[first][:, 0])
+    assert torch.equal(state[first][:, 2:], expected[first][:, 2:])
+    assert all(torch.equal(v, expected[k]) for k, v in state.items() if k != first)
+    # the default width (8): only the output bias ([3]) fits, the rest are shape mismatches (logged with a warning)
+    narrow = network(zoo_path).transfer_report
+    assert narrow.loaded == ["conv_final.2.conv.bias"] and len(narrow.skipped) == len(expected) - 1
+    with pytest.raises(CheckpointError, match=str(tmp_path / "none.pt")):
+        zoo_module.convert(tmp_path / "none.pt", tmp_path / "out.pt")

@@ -637,3 +637,56 @@ def test_torchrun_two_processes_checkpoint_loads_single_process(tiny_data, tmp_p
     net.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu"))
     net.eval()
     assert net(torch.rand(1, 1, 32, 32)).shape == (1, 2)
+
+
+# --------------------------------------------------------------------------------------------- transfer (issue 16)
+def test_fine_tune_from_the_shared_model_with_frozen_encoder(trained, tiny_data, tmp_path):
+    """The standard train command with ``--pretrained_ckpt <shared tiny model.pt> --freeze encoder``: every tensor
+    loads, the five convolution blocks (weights and BatchNorm statistics) come out bit-identical while the head
+    trains, the settings reach model.json, MLflow params and the resumable checkpoint; a bad prefix ends the command
+    with a last line naming it."""
+    from mlflow import MlflowClient
+
+    pretrained = trained["out"] / "models" / "model.pt"
+    out = tmp_path / "finetune"
+    proc = run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "tiny"), "--dataset_dir", tiny_data,
+                             "--output_dir", out, "--epochs", 1, "--pretrained_ckpt", pretrained, "--freeze", "encoder",
+                             "--pretrained_lr_scale", 0.5, "--tracking", "mlflow"])
+    before = torch.load(pretrained, map_location="cpu")
+    after = torch.load(out / "models" / "model.pt", map_location="cpu")
+    assert f"loaded {len(before)} of {len(before)} tensors" in proc.stdout + proc.stderr
+    assert all(torch.equal(after[k], v) for k, v in before.items() if k.startswith("features.")), "encoder moved"
+    assert any(not torch.equal(after[k], v) for k, v in before.items() if k.startswith("head.")), "head did not train"
+    settings = json.loads((out / "models" / "model.json").read_text())
+    assert (settings["pretrained_ckpt"], settings["freeze"], settings["pretrained_lr_scale"]) == (
+        str(pretrained), "encoder", 0.5)
+    state = torch.load(out / "models" / "checkpoint_epoch=1.pt", map_location="cpu", weights_only=False)
+    assert state["frozen"] == [k for k in before if k.startswith("features.") and k.endswith((".weight", ".bias"))]
+    lr = json.loads((REPO / "bundles" / AREA / "configs" / "train.json").read_text())["learning_rate"]
+    assert [g["initial_lr"] for g in state["optimizer"]["param_groups"]] == [pytest.approx(0.5 * lr)]
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    params = runs[0].data.params
+    assert (params["freeze"], params["pretrained_lr_scale"], params["transfer.loaded"], params["transfer.frozen"]) == (
+        "encoder", "0.5", str(len(before)), str(len(state["frozen"])))
+
+    bad = run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "tiny"), "--dataset_dir", tiny_data,
+                            "--output_dir", tmp_path / "bad", "--epochs", 1, "--freeze", "featurez"], expect_ok=False)
+    last = [line for line in bad.stderr.splitlines() if line.strip()][-1]
+    assert bad.returncode != 0 and "'featurez'" in last and "['features', 'head']" in last, last
+
+
+def test_scanner_shift_changes_the_image_not_the_anatomy():
+    """Simulated scanners (site shift): the same seed gives the same mass (ROI, descriptors) on every scanner; "B"
+    (gamma 0.6, blur 1.5 px, noise 0.035) brightens the image (x**0.6 > x on (0, 1)) and, before its stronger noise,
+    smooths it; an unknown scanner is refused naming the known ones."""
+    phantom = mod("phantom")
+    cases = {s: phantom.render_case(np.random.default_rng(3), True, "CC", (160, 128), s) for s in ("A", "B", "C")}
+    assert all(np.array_equal(cases["A"]["roi"], c["roi"]) and cases["A"]["shape"] == c["shape"]
+               for c in cases.values())
+    default = phantom.render_case(np.random.default_rng(3), True, "CC", (160, 128))
+    assert np.array_equal(default["image"], cases["A"]["image"])
+    inside = cases["A"]["image"] > 0.05
+    assert cases["B"]["image"][inside].mean() > cases["A"]["image"][inside].mean() > cases["C"]["image"][inside].mean()
+    with pytest.raises(ValueError, match=r"unknown scanner 'Z': choose one of \['A', 'B', 'C'\]"):
+        phantom.synthesize("/nonexistent/never_written", num_cases=4, scanner="Z")

@@ -66,3 +66,8 @@ class HadushCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+# Freeze presets (train.json ``freeze``, docs/fine-tuning.md): the five convolution blocks are the encoder; the
+# pooled fully connected head stays trainable.
+FREEZE_PRESETS = {"encoder": ["features"]}

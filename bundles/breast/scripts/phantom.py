@@ -115,8 +115,30 @@ def calcifications(rng: np.random.Generator, image: np.ndarray, inside: np.ndarr
         image[y : y + int(rng.integers(1, 3)), x : x + int(rng.integers(1, 3))] += rng.uniform(0.3, 0.6)
 
 
-def render_case(rng: np.random.Generator, malignant: bool, view: str, shape: tuple[int, int]) -> dict:
-    """One mammogram with one mass: display image in [0, 1], ROI mask and CBIS-DDSM descriptors."""
+# Simulated scanners (site shift for transfer experiments, docs/fine-tuning.md): detector intensity response (a gamma
+# on the [0, 1] image), resolution (Gaussian blur of the detector, sigma in pixels) and quantum noise (SD). "A" is the
+# default and leaves every image as before; "B" is a softer, noisier, lower-contrast unit; "C" a sharper, harder one.
+SCANNERS = {"A": {"gamma": 1.0, "blur": 0.0, "noise": 0.012},
+            "B": {"gamma": 0.6, "blur": 1.5, "noise": 0.035},
+            "C": {"gamma": 1.5, "blur": 0.0, "noise": 0.006}}
+
+
+def scanner_response(scanner: str) -> dict:
+    """The response of a simulated scanner of :data:`SCANNERS`.
+
+    Raises:
+        ValueError: an unknown scanner name (the message lists the known ones).
+    """
+    if str(scanner) not in SCANNERS:
+        raise ValueError(f"unknown scanner {scanner!r}: choose one of {sorted(SCANNERS)}")
+    return SCANNERS[str(scanner)]
+
+
+def render_case(rng: np.random.Generator, malignant: bool, view: str, shape: tuple[int, int],
+                scanner: str = "A") -> dict:
+    """One mammogram with one mass: display image in [0, 1], ROI mask and CBIS-DDSM descriptors, as seen by the
+    simulated ``scanner`` (:data:`SCANNERS`; the random draws do not depend on it, so scanners see the same anatomy)."""
+    response = scanner_response(scanner)
     density = int(rng.integers(1, 5))
     image, inner, xx, yy = breast_background(rng, shape, view, density)
     area = float(np.pi * rng.uniform(7.0, 15.0) ** 2)
@@ -125,9 +147,14 @@ def render_case(rng: np.random.Generator, malignant: bool, view: str, shape: tup
     body, profile, mass_shape_label, margin = mass_shape(rng, malignant, xx, yy, (ys[k], xs[k]), area)
     image = image + rng.uniform(0.12, 0.3) * profile * (image > 0)
     calcifications(rng, image, inner)
-    image = image + rng.normal(0.0, 0.012, shape) * (image > 0)
+    if response["blur"] > 0:
+        image = ndimage.gaussian_filter(image, response["blur"])
+    image = image + rng.normal(0.0, response["noise"], shape) * (image > 0)
     roi = ndimage.binary_dilation(body, iterations=2)
-    return {"image": np.clip(image / 1.6, 0.0, 1.0), "roi": roi, "density": density, "shape": mass_shape_label,
+    image = np.clip(image / 1.6, 0.0, 1.0)
+    if response["gamma"] != 1.0:
+        image = image ** response["gamma"]
+    return {"image": image, "roi": roi, "density": density, "shape": mass_shape_label,
             "margin": margin}
 
 
@@ -143,9 +170,10 @@ def dicom_encoding(rng: np.random.Generator) -> dict:
 
 
 def write_case(dataset_dir: Path, rng: np.random.Generator, prefix: str, patient: str, side: str, view: str,
-               malignant: bool, shape: tuple[int, int], crop_margin: float, encoding: dict) -> dict:
+               malignant: bool, shape: tuple[int, int], crop_margin: float, encoding: dict,
+               scanner: str = "A") -> dict:
     """Render and write one mass (full image, ROI mask, cropped image); return its CSV row."""
-    case = render_case(rng, malignant, view, shape)
+    case = render_case(rng, malignant, view, shape, scanner)
     full_dir = f"{prefix}_{patient}_{side}_{view}"
     study, roi_study = _uid(rng), _uid(rng)
     paths = {"image file path": f"{full_dir}/{study}/{_uid(rng)}/000000.dcm",
@@ -175,7 +203,7 @@ def write_case(dataset_dir: Path, rng: np.random.Generator, prefix: str, patient
 
 
 def write_split(dataset_dir: Path, rng: np.random.Generator, split: str, num_masses: int, first_patient: int,
-                shape: tuple[int, int], crop_margin: float, malignant_fraction: float) -> int:
+                shape: tuple[int, int], crop_margin: float, malignant_fraction: float, scanner: str = "A") -> int:
     """Write ``num_masses`` masses (one or two views per patient) and the split's CSV; return the next patient no."""
     rows, patient_no = [], first_patient
     while len(rows) < num_masses:
@@ -184,7 +212,7 @@ def write_split(dataset_dir: Path, rng: np.random.Generator, split: str, num_mas
         views = ["CC", "MLO"][: int(rng.integers(1, 3))][: num_masses - len(rows)]
         for view in views:
             rows.append(write_case(dataset_dir, rng, f"Mass-{SPLITS[split]}", patient, side, view, malignant,
-                                   shape, crop_margin, encoding))
+                                   shape, crop_margin, encoding, scanner))
         patient_no += int(rng.integers(1, 4))
     if split == "test":  # the real test CSV spells this column with a space
         rows = [{("breast density" if k == "breast_density" else k): v for k, v in r.items()} for r in rows]
@@ -194,7 +222,7 @@ def write_split(dataset_dir: Path, rng: np.random.Generator, split: str, num_mas
 
 def synthesize(dataset_dir: str | os.PathLike, num_cases: int = 400, seed: int = 0,
                image_size: tuple[int, int] | list[int] = (256, 192), crop_margin: float = 0.25,
-               malignant_fraction: float = 0.45) -> str:
+               malignant_fraction: float = 0.45, scanner: str = "A") -> str:
     """Write a synthetic CBIS-DDSM mass dataset: ``num_cases`` training masses, max(num_cases // 2, 8) test masses.
 
     Args:
@@ -204,13 +232,15 @@ def synthesize(dataset_dir: str | os.PathLike, num_cases: int = 400, seed: int =
         image_size: (rows, columns) of the full mammograms (>= 128 x 96).
         crop_margin: margin of the cropped images around the ROI box, as a fraction of its side.
         malignant_fraction: probability that a patient's mass is malignant.
+        scanner: the simulated scanner of every image (:data:`SCANNERS`: "A" default, "B", "C"): a site shift.
 
     Returns:
         ``dataset_dir`` as a string.
 
     Raises:
-        ValueError: bad sizes or fractions.
+        ValueError: bad sizes or fractions, or an unknown scanner.
     """
+    scanner_response(scanner)
     num_cases, seed = int(num_cases), int(seed)
     shape = (int(image_size[0]), int(image_size[1]))
     if num_cases < 2 or shape[0] < 128 or shape[1] < 96:
@@ -220,8 +250,9 @@ def synthesize(dataset_dir: str | os.PathLike, num_cases: int = 400, seed: int =
                          f"{malignant_fraction}, {crop_margin}.")
     root = Path(str(dataset_dir))
     rng = np.random.default_rng(seed)
-    next_patient = write_split(root, rng, "train", num_cases, 1, shape, crop_margin, malignant_fraction)
-    write_split(root, rng, "test", max(num_cases // 2, 8), next_patient, shape, crop_margin, malignant_fraction)
+    next_patient = write_split(root, rng, "train", num_cases, 1, shape, crop_margin, malignant_fraction, scanner)
+    write_split(root, rng, "test", max(num_cases // 2, 8), next_patient, shape, crop_margin, malignant_fraction,
+                scanner)
     return str(root)
 
 

@@ -48,3 +48,8 @@ class PatchClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.features(x)).flatten(1)
         return self.head(self.dropout(x))
+
+
+# Freeze presets (train.json ``freeze``, docs/fine-tuning.md): the convolution stages are the encoder; the linear
+# head stays trainable.
+FREEZE_PRESETS = {"encoder": ["features"]}
