@@ -194,8 +194,10 @@ def test_bad_evaluation_data_ends_with_file_and_the_same_reason(trained):
     area, work = trained["area"], trained["work"]
     damage, phrase = DAMAGE[area]
     bad = damage(trained["data"], work / "0x1F", False)  # fire reads 0x1F as the int 31
+    # breast skips an unreadable CSV row by default (named in a warning, counted in metrics.json): ask for strictness
+    strict = ["--strict_rows", "true"] if area == "breast" else []
     proc = terminal(["run", "--config_file", configs(area, "train", "evaluate"), "--dataset_dir", "0x1F",
-                     "--output_dir", "eval_out", "--ckpt_path", trained["ckpt"]], work)
+                     "--output_dir", "eval_out", "--ckpt_path", trained["ckpt"], *strict], work)
     assert proc.returncode != 0
     line = last_line(proc)
     assert bad.name in line and phrase in line, proc.stdout[-3000:]
