@@ -310,7 +310,7 @@ def render(sections: Sequence[BundleSection], tracking_uri: str, out: Path) -> s
         else:
             lines += ["No training run in this store.", ""]
         if s.evaluate_run is not None:
-            lines += [f"### Evaluation", "",
+            lines += ["### Evaluation", "",
                       f"Run **{s.evaluate_run.info.run_name}** (`{s.evaluate_run.info.run_id}`), "
                       f"{s.num_cases if s.num_cases is not None else 'an unknown number of'} cases; key metric "
                       f"`{s.key_metric}` in bold.", "",

@@ -490,7 +490,8 @@ def test_shared_run_calibrates_and_labels_at_the_recorded_threshold(tiny_pipelin
             assert int(row["label"]) == int(float(row["prob_tumour"]) >= threshold), (row, threshold)
     # the same test patches get the same calibrated probability from evaluate and inference
     prefix = "camelyonpatch_level_2_split_test_x_"  # inference names a patch after its file, evaluate after its split
-    inferred = {"test_" + r["case"][len(prefix):]: float(r["prob_tumour"]) for r in rows if r["case"].startswith(prefix)}
+    inferred = {"test_" + r["case"][len(prefix):]: float(r["prob_tumour"])
+                for r in rows if r["case"].startswith(prefix)}
     shared = [r for r in per_case if r["case"] in inferred]
     assert shared and all(float(r["prob_tumour"]) == pytest.approx(inferred[r["case"]], abs=2e-5) for r in shared)
 
