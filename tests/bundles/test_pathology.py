@@ -417,9 +417,7 @@ def _parsed_stain_setting(configs: list[str], ckpt_path: Path, **overrides) -> b
 
 @pytest.mark.parametrize("recorded", [True, False])
 def test_evaluate_and_inference_use_the_stain_setting_the_model_was_trained_with(trained, tmp_path, recorded):
-    settings = json.loads((trained / "models" / "model.json").read_text())
-    assert set(settings) == {"stain_normalisation", "channels", "dropout", "temperature", "threshold", "threshold_rule"}
-    assert settings["stain_normalisation"] is True and settings["channels"] == TINY["channels"]
+    assert json.loads((trained / "models" / "model.json").read_text())["stain_normalisation"] is True
     ckpt = tmp_path / "models" / "model.pt"
     ckpt.parent.mkdir()
     ckpt.write_bytes((trained / "models" / "model.pt").read_bytes())
