@@ -24,7 +24,8 @@ class EvaluationWriter:
     CIs (:func:`common.evaluation.summarise`), both files are written atomically, and the scalar summary is put into
     ``engine.state.metrics`` (CI bounds as ``<name>_ci95_low``/``_high``) so experiment trackers log it. Attach it
     before any tracking handler (MONAI's ``--tracking`` switch appends its handler last). ``extra()``, when given,
-    returns further entries for ``metrics.json`` (e.g. breast's ``num_skipped_rows``), called at the end of the epoch.
+    returns further entries for ``metrics.json`` (e.g. breast's ``num_skipped_rows``), called at the end of the epoch;
+    a list of such callables adds the entries of each.
     """
 
     def __init__(
@@ -36,7 +37,7 @@ class EvaluationWriter:
         dataset_metrics: Mapping[str, DatasetMetric] | None = None,
         n_resamples: int = 1000,
         seed: int = 0,
-        extra: Callable[[], Mapping[str, Any]] | None = None,
+        extra: Callable[[], Mapping[str, Any]] | Sequence[Callable[[], Mapping[str, Any]]] | None = None,
     ) -> None:
         self.output_dir = Path(str(output_dir))
         self.key_metric = key_metric
@@ -45,7 +46,7 @@ class EvaluationWriter:
         self.dataset_metrics = dict(dataset_metrics or {})
         self.n_resamples = int(n_resamples)
         self.seed = int(seed)
-        self.extra = extra
+        self.extra = [] if extra is None else list(extra) if isinstance(extra, (list, tuple)) else [extra]
         self.rows: list[dict[str, Any]] = []
         self.summary: dict[str, Any] = {}
 
@@ -63,8 +64,8 @@ class EvaluationWriter:
     def _write(self, engine: Engine) -> None:
         self.summary = summarise(self.rows, self.key_metric, self.case_metrics, self.dataset_metrics,
                                  n_resamples=self.n_resamples, seed=self.seed)
-        if self.extra is not None:
-            self.summary.update(self.extra())
+        for extra in self.extra:
+            self.summary.update(extra())
         if is_rank0():
             metrics_path, _ = write_evaluation(self.output_dir, self.rows, self.summary)
             logger.info("evaluation of %d cases: %s = %s (95%% CI %s); written to %s", len(self.rows),

@@ -310,7 +310,7 @@ def render(sections: Sequence[BundleSection], tracking_uri: str, out: Path) -> s
         else:
             lines += ["No training run in this store.", ""]
         if s.evaluate_run is not None:
-            lines += [f"### Evaluation", "",
+            lines += ["### Evaluation", "",
                       f"Run **{s.evaluate_run.info.run_name}** (`{s.evaluate_run.info.run_id}`), "
                       f"{s.num_cases if s.num_cases is not None else 'an unknown number of'} cases; key metric "
                       f"`{s.key_metric}` in bold.", "",
@@ -323,12 +323,37 @@ def render(sections: Sequence[BundleSection], tracking_uri: str, out: Path) -> s
             lines.append("")
         else:
             lines += ["No evaluate run in this store.", ""]
-        if s.overlays:
+        lines += calibration_lines(s, out)
+        overlays = [png for png in s.overlays if "reliability" not in png.stem]
+        if overlays:
             lines += ["### Prediction overlays", "", "Image, ground truth and prediction side by side.", ""]
-            for png in s.overlays:
+            for png in overlays:
                 rel = png.relative_to(out).as_posix()
                 lines += [f"![{png.stem}]({rel})", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def calibration_lines(section: BundleSection, out: Path) -> list[str]:
+    """A "Calibration" subsection for an evaluate run that logged ``ece`` (the classifiers, issue 15): ECE before
+    and after temperature scaling, Brier score, the operating threshold, and the reliability diagram when it was
+    logged as an overlay (``reliability.png``)."""
+    run = section.evaluate_run
+    metrics = run.data.metrics if run is not None else {}
+    if "ece" not in metrics:
+        return []
+    parts = [f"ECE {fmt(metrics['ece'])} after temperature scaling"]
+    if "ece_uncalibrated" in metrics:
+        parts[0] += f" ({fmt(metrics['ece_uncalibrated'])} before)"
+    if "brier" in metrics:
+        parts.append(f"Brier score {fmt(metrics['brier'])}")
+    if "threshold" in metrics:
+        parts.append(f"labels at threshold {fmt(metrics['threshold'])} (chosen on the validation split)")
+    lines = ["### Calibration", "", "; ".join(parts) + ". ECE: 15 equal-width bins, 0 = probabilities match the "
+             "observed frequencies.", ""]
+    for png in section.overlays:
+        if "reliability" in png.stem:
+            lines += [f"![reliability diagram]({png.relative_to(out).as_posix()})", ""]
+    return lines
 
 
 def generate_report(tracking_uri: str, out: str | os.PathLike, experiments: Sequence[str] | None = None) -> Path:

@@ -169,3 +169,21 @@ def test_metric_units(name, unit):
     from common.report import metric_unit
 
     assert metric_unit(name) == unit
+
+
+def test_calibration_lines_show_ece_threshold_and_the_reliability_diagram(tmp_path):
+    from types import SimpleNamespace
+
+    from common.report import BundleSection, calibration_lines
+
+    run = SimpleNamespace(data=SimpleNamespace(metrics={"ece": 0.04, "ece_uncalibrated": 0.12, "brier": 0.1,
+                                                        "threshold": 0.31}))
+    section = BundleSection("breast", evaluate_run=run,
+                            overlays=[tmp_path / "b" / "overlays" / "evaluate_reliability.png",
+                                      tmp_path / "b" / "overlays" / "evaluate_roc_curve.png"])
+    text = "\n".join(calibration_lines(section, tmp_path))
+    assert "ECE 0.04 after temperature scaling (0.12 before)" in text
+    assert "labels at threshold 0.31 " in text and "Brier score 0.1;" in text
+    assert "![reliability diagram](b/overlays/evaluate_reliability.png)" in text and "roc_curve" not in text
+    assert calibration_lines(BundleSection("brain", evaluate_run=SimpleNamespace(
+        data=SimpleNamespace(metrics={"mean_dice": 0.8}))), tmp_path) == []

@@ -510,10 +510,32 @@ def test_inference_reports_a_bad_file_and_writes_the_others(tiny_data, tmp_path)
         shutil.copy(tiny_data / row["cropped image file path"].strip(), inputs / f"mass{i}.dcm")
     (inputs / "broken.dcm").write_bytes(b"\x00" * 200)
     with pytest.raises(BatchFailure, match="broken"):
-        inference.predict(inputs, out, net, ckpt, **parts, gradcam=True)
+        inference.predict(inputs, out, net, ckpt, **parts, explain=True)
     rows = read_table(out / "predictions.csv")
     assert [r["case"] for r in rows] == ["mass0", "mass1"]
     assert files_under(out) == ["predictions.csv", "predictions/mass0_gradcam.png", "predictions/mass1_gradcam.png"]
+
+
+def test_inference_applies_the_temperature_and_labels_at_the_threshold(tiny_data, tmp_path):
+    """Calibrated p = softmax(logits / T): the logit p / (1 - p) shrinks by T; labels are p >= threshold."""
+    inference = mod("inference")
+    parts, net, ckpt = _inference_parts(tmp_path)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i, row in enumerate(read_table(tiny_data / TEST_CSV)[:4]):
+        shutil.copy(tiny_data / row["cropped image file path"].strip(), inputs / f"mass{i}.dcm")
+    inference.predict(inputs, tmp_path / "t1", net, ckpt, **parts, explain=False)
+    raw = {r["case"]: float(r["p_malignant"]) for r in read_table(tmp_path / "t1" / "predictions.csv")}
+    middle = float(np.median(list(raw.values())))
+    threshold = 1 / (1 + np.exp(-np.log(middle / (1 - middle)) / 3.0))  # the median case, calibrated at T = 3
+    inference.predict(inputs, tmp_path / "t3", net, ckpt, **parts, explain=False, temperature=3.0, threshold=threshold)
+    for row in read_table(tmp_path / "t3" / "predictions.csv"):
+        p, q = float(row["p_malignant"]), raw[row["case"]]
+        assert np.log(p / (1 - p)) == pytest.approx(np.log(q / (1 - q)) / 3.0, abs=1e-3)
+        if abs(p - threshold) > 5e-6:
+            assert row["label"] == str(int(p >= threshold))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        inference.predict(inputs, tmp_path / "t0", net, ckpt, **parts, explain=False, temperature=0.0)
 
 
 def test_inference_without_checkpoint_is_a_clear_error(tiny_data, tmp_path):
@@ -581,7 +603,7 @@ def test_compressed_dicom_crops_decode_to_the_same_pixels(tiny_data, tmp_path):
         raw = parts["preprocessing"]({"image": str(inputs / f"m{n}_raw.dcm")})["image"]
         jpeg = parts["preprocessing"]({"image": str(inputs / f"m{n}_jpeg_lossless.dcm")})["image"]
         assert torch.equal(torch.as_tensor(raw), torch.as_tensor(jpeg))
-    inference.predict(inputs, tmp_path / "out", net, ckpt, **parts, gradcam=False)
+    inference.predict(inputs, tmp_path / "out", net, ckpt, **parts, explain=False)
     probs = {r["case"]: float(r["p_malignant"]) for r in read_table(tmp_path / "out" / "predictions.csv")}
     assert len(probs) == 8
     for n in range(2):
@@ -604,12 +626,42 @@ def test_train_evaluate_infer_outputs(trained):
     per_case = read_table(out / "metrics_per_case.csv")
     assert len(per_case) == 8 and set(per_case[0]) >= {"case", "label", "p_malignant", "predicted"}
     assert (out / "roc_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # issue 15: temperature and threshold fitted on the validation split, recorded beside the model, used by evaluate
+    settings = json.loads((out / "models" / "model.json").read_text())
+    assert settings["threshold_rule"] == "youden" and settings["temperature"] > 0 and 0 < settings["threshold"] < 1
+    assert metrics["threshold"] == settings["threshold"] and metrics["temperature"] == settings["temperature"]
+    assert metrics["threshold_rule"] == "youden"
+    threshold = settings["threshold"]
+    for row in per_case:
+        p = float(row["p_malignant"])
+        if abs(p - threshold) > 5e-6:  # the CSV keeps 6 significant digits
+            assert int(row["predicted"]) == int(p >= threshold), (row, threshold)
+    labels, predicted = [int(r["label"]) for r in per_case], [int(r["predicted"]) for r in per_case]
+    assert metrics["accuracy"] == pytest.approx(np.mean(np.array(labels) == np.array(predicted)))
+    for name in ("ece", "ece_uncalibrated", "brier"):
+        assert 0.0 <= metrics[name] <= 1.0 and len(metrics[f"{name}_ci95"]) == 2
+    from common.calibration import brier_score, expected_calibration_error
+
+    probs = [float(r["p_malignant"]) for r in per_case]
+    raw = [float(r["p_malignant_uncalibrated"]) for r in per_case]
+    assert metrics["ece"] == pytest.approx(expected_calibration_error(probs, labels), abs=1e-5)
+    assert metrics["ece_uncalibrated"] == pytest.approx(expected_calibration_error(raw, labels), abs=1e-5)
+    assert metrics["brier"] == pytest.approx(brier_score(probs, labels), abs=1e-5)
+    assert Image.open(out / "reliability.png").format == "PNG"
+    # Grad-CAM faithfulness: every synthetic crop is cut around its ROI mask, so all 8 test masses count
+    assert metrics["cam_in_lesion_num_cases"] == 8
+    assert 0.0 <= metrics["cam_in_lesion"] <= 1.0 and 0.0 < metrics["lesion_area_fraction"] < 1.0
     rows = read_table(pred / "predictions.csv")
     assert list(rows[0]) == ["case", "p_benign", "p_malignant", "label"] and len(rows) == 8  # the test CSV
+    per_case_by_name = {r["case"]: r for r in per_case}
     assert all(r["case"].startswith("Mass-Test_") for r in rows)
     for row in rows:
         assert float(row["p_benign"]) + float(row["p_malignant"]) == pytest.approx(1.0, abs=1e-5)
-        assert row["label"] == str(int(float(row["p_malignant"]) >= 0.5))
+        if abs(float(row["p_malignant"]) - threshold) > 5e-6:  # inference labels at the recorded threshold
+            assert row["label"] == str(int(float(row["p_malignant"]) >= threshold))
+        # and gives evaluate's calibrated probability of the same mass (the test CSV's cases)
+        assert float(row["p_malignant"]) == pytest.approx(float(per_case_by_name[row["case"]]["p_malignant"]),
+                                                          abs=2e-5)
         overlay = np.asarray(Image.open(pred / "predictions" / f"{row['case']}_gradcam.png"))
         assert overlay.shape == (128, 128, 3)  # 32 x 32 network input, enlarged 4x
     assert not list(pred.rglob(".*.tmp*")) and not list(out.rglob(".*.tmp*"))
@@ -632,6 +684,8 @@ def test_torchrun_two_processes_checkpoint_loads_single_process(tiny_data, tmp_p
                       "--dataset_dir", tiny_data, "--output_dir", out, "--epochs", 1], prefix=prefix,
                      env={"OMP_NUM_THREADS": "1"})
     assert sorted(p.name for p in (out / "models").iterdir()) == ["checkpoint_epoch=1.pt", "model.json", "model.pt"]
+    settings = json.loads((out / "models" / "model.json").read_text())  # rank 0 calibrated on the whole val split
+    assert settings["temperature"] > 0 and settings["threshold_rule"] in ("youden", "fixed")
     tiny = json.loads((REPO / "bundles" / AREA / "configs" / "tiny.json").read_text())
     net = mod("networks").HadushCNN(channels=tiny["channels"], hidden=tiny["hidden"])
     net.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu"))

@@ -400,7 +400,8 @@ def test_evaluate_writes_metrics_with_intervals(dataset, trained):
         assert 0.0 <= low <= metrics[name] <= high <= 1.0
     with open(trained / "metrics_per_case.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == metrics["num_cases"] and set(rows[0]) == {"case", "label", "prob_tumour", "pred"}
+    assert len(rows) == metrics["num_cases"] and set(rows[0]) == {"case", "label", "prob_tumour",
+                                                                  "prob_tumour_uncalibrated", "pred"}
 
 
 def _parsed_stain_setting(configs: list[str], ckpt_path: Path, **overrides) -> bool:
@@ -453,6 +454,72 @@ def test_inference_heatmap_matches_the_slide(tiny_pipeline, dataset):
     assert sum(r["kind"] == "patch" for r in rows.values()) == n + n // 2 + n // 2
 
 
+def test_shared_run_calibrates_and_labels_at_the_recorded_threshold(tiny_pipeline):
+    """Issue 15: training records temperature and threshold (Youden on the validation split); evaluate reports ECE,
+    Brier and the threshold and labels at it; inference's patch and slide labels follow it."""
+    from PIL import Image
+
+    from common.calibration import brier_score, expected_calibration_error
+
+    run = tiny_pipeline(AREA)
+    settings = json.loads((run["out"] / "models" / "model.json").read_text())
+    assert settings["threshold_rule"] == "youden" and settings["temperature"] > 0 and 0 < settings["threshold"] < 1
+    threshold = settings["threshold"]
+    metrics = json.loads((run["out"] / "metrics.json").read_text())
+    assert metrics["threshold"] == threshold and metrics["temperature"] == settings["temperature"]
+    with open(run["out"] / "metrics_per_case.csv", newline="") as f:
+        per_case = list(csv.DictReader(f))
+    labels = [int(r["label"]) for r in per_case]
+    probs = [float(r["prob_tumour"]) for r in per_case]
+    for row, p in zip(per_case, probs):
+        if abs(p - threshold) > 5e-6:  # the CSV keeps 6 significant digits
+            assert int(row["pred"]) == int(p >= threshold)
+    assert metrics["accuracy"] == pytest.approx(np.mean([int(r["pred"]) == y for r, y in zip(per_case, labels)]))
+    assert metrics["ece"] == pytest.approx(expected_calibration_error(probs, labels), abs=1e-5)
+    raw = [float(r["prob_tumour_uncalibrated"]) for r in per_case]
+    assert metrics["ece_uncalibrated"] == pytest.approx(expected_calibration_error(raw, labels), abs=1e-5)
+    assert metrics["brier"] == pytest.approx(brier_score(probs, labels), abs=1e-5)
+    assert Image.open(run["out"] / "reliability.png").format == "PNG"
+    with open(run["pred"] / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows
+    for row in rows:
+        if abs(float(row["prob_tumour"]) - threshold) > 5e-6:
+            assert int(row["label"]) == int(float(row["prob_tumour"]) >= threshold), (row, threshold)
+    # the same test patches get the same calibrated probability from evaluate and inference
+    prefix = "camelyonpatch_level_2_split_test_x_"  # inference names a patch after its file, evaluate after its split
+    inferred = {"test_" + r["case"][len(prefix):]: float(r["prob_tumour"])
+                for r in rows if r["case"].startswith(prefix)}
+    shared = [r for r in per_case if r["case"] in inferred]
+    assert shared and all(float(r["prob_tumour"]) == pytest.approx(inferred[r["case"]], abs=2e-5) for r in shared)
+
+
+def test_patch_gradcam_overlays_named_after_the_input(tmp_path, trained):
+    from monai.bundle import ConfigParser
+    from PIL import Image
+
+    inference, networks = mod("inference"), mod("networks")
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundles" / AREA / "configs" / "inference.json")])
+    parser["ckpt_path"] = str(trained / "models" / "model.pt")
+    layer = parser.get_parsed_content("explain_layer")
+    assert layer == "features.3.2"  # two stages of two blocks: the last block's ReLU
+    assert parser.get_parsed_content("explain") is False  # off by default (a PCam file holds 32768 patches)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    _good_split(inp, "test", n=3)
+    from monai.inferers import SimpleInferer
+    from monai.transforms import Activations
+
+    net = networks.PatchClassifier(channels=TINY["channels"])
+    inference.predict(str(inp), str(tmp_path / "out"), net, str(trained / "models" / "model.pt"),
+                      parser.get_parsed_content("preprocessing"), SimpleInferer(), Activations(sigmoid=True),
+                      torch.device("cpu"), 2, explain="true", explain_layer=layer)
+    written = sorted(p.name for p in (tmp_path / "out" / "predictions").iterdir())
+    assert written == [f"camelyonpatch_level_2_split_test_x_{i:06d}_gradcam.png" for i in range(3)]
+    assert np.asarray(Image.open(tmp_path / "out" / "predictions" / written[0])).shape == (384, 384, 3)
+
+
 def test_two_process_torchrun_checkpoint_loads_single_process(dataset, tmp_path):
     out = tmp_path / "ddp"
     run_monai_bundle(["--nproc_per_node=2", "-m", "monai.bundle", "run", "--config_file",
@@ -462,4 +529,6 @@ def test_two_process_torchrun_checkpoint_loads_single_process(dataset, tmp_path)
     net = mod("networks").PatchClassifier(channels=TINY["channels"])
     state = torch.load(out / "models" / "model.pt", map_location="cpu")
     net.load_state_dict(state)  # strict: no DDP "module." prefix
+    settings = json.loads((out / "models" / "model.json").read_text())  # rank 0 calibrated on the whole val split
+    assert settings["temperature"] > 0 and settings["threshold_rule"] in ("youden", "fixed")
     assert any(p.name.startswith("checkpoint_epoch=") for p in (out / "models").iterdir())

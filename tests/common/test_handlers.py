@@ -60,3 +60,19 @@ def test_monai_handler_really_skips_the_last_epoch():
     handler.attach(trainer)
     trainer.run(range(2), max_epochs=1)
     assert validator.epochs == []
+
+
+def test_evaluation_writer_takes_a_list_of_extra_callables(tmp_path):
+    from ignite.engine import Engine
+
+    from common.handlers import EvaluationWriter
+
+    writer = EvaluationWriter(tmp_path, "score", lambda e: [{"case": "a", "score": 1.0}], case_metrics=["score"],
+                              n_resamples=10, extra=[lambda: {"threshold": 0.3}, lambda: {"num_skipped_rows": 2}])
+    engine = Engine(lambda e, b: None)
+    writer.attach(engine)
+    engine.run([0], max_epochs=1)
+    import json
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["threshold"] == 0.3 and metrics["num_skipped_rows"] == 2 and metrics["score"] == 1.0

@@ -1,9 +1,10 @@
 """Inference over a folder of mass ROI crops (``*.dcm``) or a CBIS-DDSM folder: predictions.csv + Grad-CAM overlays.
 
-Outputs (DESIGN.md): ``<output_dir>/predictions.csv`` with ``case, p_benign, p_malignant, label`` (label 1 =
-malignant at ``threshold``) and, with ``gradcam``, ``<output_dir>/predictions/<case>_gradcam.png``: the network input
-with MONAI's Grad-CAM map for the malignant class laid over it (red = evidence for malignancy). One bad file does not
-stop the others; the run then ends with an error naming it.
+Outputs (DESIGN.md): ``<output_dir>/predictions.csv`` with ``case, p_benign, p_malignant, label`` (calibrated
+probabilities, see :func:`predict`; label 1 = malignant at ``threshold``) and, with ``explain``,
+``<output_dir>/predictions/<case>_gradcam.png``: the network input with MONAI's Grad-CAM map for the malignant
+class laid over it (red = evidence for malignancy; ``common.explain``). One bad file does not stop the others; the
+run then ends with an error naming it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from common.checkpoint import load_network_weights
+from common.explain import GradCam, enabled, overlay
 from common.inputs import list_input_folder
 from common.io import save_png, write_csv
 from common.validation import Problems, check_dir, run_each
@@ -72,23 +73,14 @@ def list_inputs(input_dir: str | os.PathLike, crop_source: str = "cropped") -> l
     return items
 
 
-def gradcam_overlay(image: np.ndarray, cam: np.ndarray, scale: int = 4, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 overlay of a [0, 1] Grad-CAM map (jet colours) on a [0, 1] greyscale image, enlarged ``scale`` x."""
-    from matplotlib import colormaps
-
-    grey = np.clip(image, 0, 1)[..., None].repeat(3, axis=-1)
-    cam = np.clip(cam, 0, 1)
-    heat = colormaps["jet"](cam)[..., :3]
-    blended = (1 - alpha * cam[..., None]) * grey + alpha * cam[..., None] * heat
-    blended = np.kron(blended, np.ones((scale, scale, 1)))
-    return (np.clip(blended, 0, 1) * 255).round().astype(np.uint8)
-
-
 def predict(input_dir: str | os.PathLike, output_dir: str | os.PathLike, network: torch.nn.Module,
             ckpt_path: str | os.PathLike, preprocessing: Callable, inferer: Callable, postprocessing: Callable,
-            device: Any = "cpu", threshold: float = 0.5, gradcam: bool = True,
-            gradcam_layer: str = "features.4.relu", crop_source: str = "cropped") -> str:
+            device: Any = "cpu", threshold: float = 0.5, explain: bool | str = True,
+            explain_layer: str = "features.4.relu", crop_source: str = "cropped", temperature: float = 1.0) -> str:
     """Predict p(malignant) for every input; write predictions.csv (and Grad-CAM PNGs); return the CSV path.
+
+    The probabilities are calibrated: ``postprocessing`` (softmax) of the logits divided by ``temperature`` (fitted
+    on the validation split at training, ``model.json``); ``label`` is 1 when p_malignant >= ``threshold``.
 
     Raises:
         FileNotFoundError: missing checkpoint (never predicts from random weights).
@@ -99,21 +91,19 @@ def predict(input_dir: str | os.PathLike, output_dir: str | os.PathLike, network
     load_network_weights(network, ckpt_path).eval()
     items = list_inputs(input_dir, crop_source)
     out = Path(str(output_dir))
-    cam = None
-    if str(gradcam).strip().lower() not in ("false", "0", "no", "none", ""):  # `--gradcam false` arrives as text
-        from monai.visualize import GradCAM
-
-        cam = GradCAM(nn_module=network, target_layers=gradcam_layer)
+    temperature, threshold = float(temperature), float(threshold)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature} (from {ckpt_path} or --temperature)")
+    cam = GradCam(network, explain_layer, class_idx=1) if enabled(explain) else None
     rows: list[dict[str, Any]] = []
 
     def one(item: dict[str, Any]) -> None:
         image = preprocessing(dict(item))["image"]
         x = torch.as_tensor(image, dtype=torch.float32)[None].to(device)
         with torch.no_grad():
-            prob = postprocessing(inferer(x, network)[0]).float().cpu().numpy()
+            prob = postprocessing(inferer(x, network)[0] / temperature).float().cpu().numpy()
         if cam is not None:
-            heat = cam(x, class_idx=1)[0, 0].detach().cpu().numpy()
-            save_png(gradcam_overlay(x[0, 0].cpu().numpy(), heat), out / "predictions" / f"{item['case']}_gradcam.png")
+            save_png(overlay(x[0, 0].cpu().numpy(), cam(x)[0]), out / "predictions" / f"{item['case']}_gradcam.png")
         rows.append({"case": item["case"], "p_benign": float(prob[0]), "p_malignant": float(prob[1]),
                      "label": int(prob[1] >= threshold)})
 

@@ -8,14 +8,18 @@ malignant case) is None.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from common.io import atomic_path
+
+logger = logging.getLogger(__name__)
 
 Rows = Sequence[Mapping[str, Any]]
 METRICS = ("auc", "accuracy", "precision", "sensitivity", "specificity")
@@ -82,8 +86,12 @@ def roc_points(rows: Rows) -> tuple[np.ndarray, np.ndarray]:
     return fpr, tpr
 
 
-def case_rows(engine: Any, threshold: float = 0.5) -> list[dict[str, Any]]:
-    """One row per case of the evaluator's current batch: case, label, p_malignant, predicted, correct."""
+def case_rows(engine: Any, threshold: float = 0.5, temperature: float = 1.0) -> list[dict[str, Any]]:
+    """One row per case of the evaluator's current batch: case, label, p_malignant (calibrated: softmax of the
+    logits divided by ``temperature``), p_malignant_uncalibrated (temperature 1), predicted (p_malignant >=
+    ``threshold``), correct. The evaluator's postprocessing must leave the two logits in ``pred``."""
+    from common.calibration import positive_probability
+
     batch, output = engine.state.batch, engine.state.output
     preds = [o["pred"] for o in output] if isinstance(output, list) else list(output["pred"])
     if isinstance(batch, list):  # MONAI decollates the batch when the engine has postprocessing
@@ -92,10 +100,12 @@ def case_rows(engine: Any, threshold: float = 0.5) -> list[dict[str, Any]]:
         cases, labels = list(batch["case"]), list(batch["label"])
     rows = []
     for case, label, pred in zip(cases, labels, preds):
-        p = float(pred.detach().float().cpu().reshape(-1)[1])
-        predicted = int(p >= threshold)
-        rows.append({"case": case, "label": int(label), "p_malignant": p, "predicted": predicted,
-                     "correct": int(predicted == int(label))})
+        logits = pred.detach().float().cpu().reshape(1, -1)
+        p = float(positive_probability(logits, float(temperature))[0])
+        predicted = int(p >= float(threshold))
+        rows.append({"case": case, "label": int(label), "p_malignant": p,
+                     "p_malignant_uncalibrated": float(positive_probability(logits, 1.0)[0]),
+                     "predicted": predicted, "correct": int(predicted == int(label))})
     return rows
 
 
@@ -148,3 +158,75 @@ class RocCurveWriter:
         from ignite.engine import Events
 
         engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: write_roc_curve(self.output_dir, self.title))
+
+
+def lesion_masks(dataset_dir: str | os.PathLike, split: str = "test", margin: float = 0.25) -> dict[str, np.ndarray]:
+    """Per case of ``split``, the ROI mask in the frame of the cropped image the network sees, ``(1, H, W)`` float32
+    0/1, where it can be placed there: the full-image ROI mask (CBIS-DDSM's ``ROI mask file path``) cut to the
+    box :class:`scripts.transforms.LoadMass` cuts (``crop_box`` with ``margin``), kept when that box has the size of
+    the case's cropped image (always for ``crop_source: roi_mask`` and the synthetic data; TCIA's own crops of real
+    CBIS-DDSM are cut otherwise, and those cases are left out). Unreadable rows are left out too."""
+    from common.validation import Problems
+    from scripts.data import load_split
+    from scripts.dicom import read_dicom, read_header
+    from scripts.phantom import crop_box
+
+    problems = Problems(f"ROI masks of {dataset_dir}")
+    with_masks = load_split(dataset_dir, split, "roi_mask", problems, check_files=False, strict_rows=False)
+    crops = {i["case"]: i["image"] for i in load_split(dataset_dir, split, "cropped", Problems("crops"),
+                                                         check_files=False, strict_rows=False)}
+    out: dict[str, np.ndarray] = {}
+    for item in with_masks:
+        try:
+            mask = read_dicom(item["roi"])
+            mask = mask > mask.min()
+            y0, y1, x0, x1 = crop_box(mask, margin)
+            if item["case"] in crops:
+                header = read_header(crops[item["case"]])
+                if (int(header.Rows), int(header.Columns)) != (y1 - y0, x1 - x0):
+                    continue  # the crop was cut elsewhere: the mask cannot be placed on it
+            out[item["case"]] = mask[y0:y1, x0:x1][None].astype(np.float32)
+        except (OSError, ValueError) as e:  # DicomError is a ValueError
+            logger.warning("%s: ROI mask left out of cam_in_lesion (%s)", item["case"], e)
+    return out
+
+
+def cam_in_lesion(network: Any, preprocessing: Any, dataset_dir: str | os.PathLike, image_size: int,
+                  crop_source: str = "cropped", margin: float = 0.25, layer: str = "features.4.relu",
+                  device: Any = "cpu", explain: Any = True, split: str = "test") -> dict[str, Any]:
+    """Faithfulness of Grad-CAM where the lesion is known: ``cam_in_lesion``, the mean over cases of the share of the
+    malignant-class Grad-CAM's mass inside the ROI mask (``common.explain.mass_inside``), beside
+    ``lesion_area_fraction``, the mean share of the image the mask covers (what a uniform map scores), and
+    ``cam_in_lesion_num_cases`` (cases whose mask could be placed on the network input, see :func:`lesion_masks`).
+    The mask goes through the image's geometric steps (longest side resized to ``image_size`` by area averaging,
+    zero-padded to a square; a pixel counts as lesion from 0.5). All None when ``explain`` is false or no case has a
+    usable mask. An ``extra`` entry of the evaluate ``EvaluationWriter`` (called once, at the end)."""
+    from monai.transforms import Resize, ResizeWithPadOrCrop
+
+    from common.explain import GradCam, area_fraction, enabled, mass_inside
+    from scripts.data import datalist
+
+    empty = {"cam_in_lesion": None, "lesion_area_fraction": None, "cam_in_lesion_num_cases": 0}
+    if not enabled(explain):
+        return empty
+    masks = lesion_masks(dataset_dir, split, margin)
+    size = int(image_size)
+    resize, pad = Resize(size, size_mode="longest", mode="area"), ResizeWithPadOrCrop((size, size), mode="constant")
+    cam = GradCam(network, layer, class_idx=1)
+    was_training = network.training
+    network.eval()
+    inside, areas = [], []
+    for item in datalist(dataset_dir, split, crop_source, strict_rows=False):
+        if item["case"] not in masks:
+            continue
+        x = torch.as_tensor(preprocessing(dict(item))["image"], dtype=torch.float32)[None].to(device)
+        mask = np.asarray(pad(resize(masks[item["case"]])))[0] >= 0.5
+        share = mass_inside(cam(x)[0], mask)
+        if share is not None:
+            inside.append(share)
+            areas.append(area_fraction(mask))
+    network.train(was_training)
+    if not inside:
+        return empty
+    return {"cam_in_lesion": float(np.mean(inside)), "lesion_area_fraction": float(np.mean(areas)),
+            "cam_in_lesion_num_cases": len(inside)}

@@ -22,6 +22,8 @@ from monai.data import WSIReader
 from monai.transforms import ForegroundMask
 
 from common.checkpoint import load_network_weights
+from common.explain import GradCam, enabled
+from common.explain import overlay as explain_overlay
 from common.inputs import list_input_folder
 from common.io import atomic_path, save_png, write_csv
 from common.validation import run_each
@@ -67,20 +69,32 @@ def list_inputs(input_dir: str | Path) -> list[Path]:
 
 
 class Predictor:
-    """Batched tumour probabilities of ``H x W x 3`` uint8 patches: preprocessing, network, sigmoid."""
+    """Batched calibrated tumour probabilities of ``H x W x 3`` uint8 patches: preprocessing, network, logit divided
+    by ``temperature`` (fitted on the validation split at training, ``model.json``), sigmoid.
+
+    Raises:
+        ValueError: ``temperature`` is not positive.
+    """
 
     def __init__(self, network: torch.nn.Module, preprocessing: Callable, inferer: Callable,
-                 postprocessing: Callable, device: torch.device, batch_size: int = 64) -> None:
+                 postprocessing: Callable, device: torch.device, batch_size: int = 64,
+                 temperature: float = 1.0) -> None:
         self.network, self.preprocessing, self.inferer = network.eval(), preprocessing, inferer
         self.postprocessing, self.device, self.batch_size = postprocessing, device, max(int(batch_size), 1)
+        self.temperature = float(temperature)
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature} (model.json or --temperature)")
+
+    def tensor(self, patches: np.ndarray) -> torch.Tensor:
+        """The preprocessed ``[B, 3, H, W]`` batch on the device."""
+        return torch.stack([torch.as_tensor(self.preprocessing(p)) for p in patches]).to(self.device)
 
     def __call__(self, patches: np.ndarray) -> np.ndarray:
         probs = []
         for start in range(0, len(patches), self.batch_size):
             chunk = patches[start:start + self.batch_size]
-            batch = torch.stack([torch.as_tensor(self.preprocessing(p)) for p in chunk])
             with torch.no_grad():
-                out = self.postprocessing(self.inferer(batch.to(self.device), self.network))
+                out = self.postprocessing(self.inferer(self.tensor(chunk), self.network) / self.temperature)
             probs.append(torch.as_tensor(out).detach().cpu().float().reshape(-1).numpy())
         return np.concatenate(probs) if probs else np.zeros(0, np.float32)
 
@@ -173,8 +187,10 @@ def predict_slide(path: Path, out_dir: Path, predictor: Predictor, level: int, s
             "tissue_cells": n_tissue, "heatmap_level": level, "heatmap_cell_px": stride}
 
 
-def predict_patches(path: Path, predictor: Predictor, threshold: float = 0.5) -> list[dict[str, Any]]:
-    """Rows for every patch of a PCam ``*_x.h5`` file (dataset ``x``: N x 96 x 96 x 3 uint8)."""
+def predict_patches(path: Path, predictor: Predictor, threshold: float = 0.5, cam: GradCam | None = None,
+                    out_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Rows for every patch of a PCam ``*_x.h5`` file (dataset ``x``: N x 96 x 96 x 3 uint8); with ``cam``, also
+    ``<out_dir>/<case>_gradcam.png`` per patch (the patch, 4x, with the Grad-CAM of the tumour logit over it)."""
     try:
         with h5py.File(path, "r") as f:
             if "x" not in f:
@@ -184,30 +200,40 @@ def predict_patches(path: Path, predictor: Predictor, threshold: float = 0.5) ->
                 raise ValueError(f"{path}: dataset 'x' is {data.shape} {data.dtype}, expected N x 96 x 96 x 3 uint8")
             probs = np.concatenate([predictor(np.asarray(data[s:s + 1024])) for s in range(0, data.shape[0], 1024)]
                                    ) if data.shape[0] else np.zeros(0)
+            stem = path.name[: -len(".h5")]
+            for s in range(0, data.shape[0] if cam is not None else 0, predictor.batch_size):
+                chunk = np.asarray(data[s:s + predictor.batch_size])
+                for i, (patch, heat) in enumerate(zip(chunk, cam(predictor.tensor(chunk)))):
+                    save_png(explain_overlay(patch / 255.0, heat), out_dir / f"{stem}_{s + i:06d}_gradcam.png")
     except OSError as e:
         raise ValueError(f"{path} is not a readable HDF5 file ({e})") from e
-    stem = path.name[: -len(".h5")]
     return [{"case": f"{stem}_{i:06d}", "kind": "patch", "prob_tumour": float(p), "label": int(p >= threshold)}
             for i, p in enumerate(probs)]
 
 
 def predict(input_dir: str, output_dir: str, network: torch.nn.Module, ckpt_path: str, preprocessing: Callable,
             inferer: Callable, postprocessing: Callable, device: torch.device, batch_size: int = 64,
-            heatmap_level: int = 0, heatmap_stride: int = 96) -> list[dict[str, Any]]:
+            heatmap_level: int = 0, heatmap_stride: int = 96, temperature: float = 1.0, threshold: float = 0.5,
+            explain: bool | str = False, explain_layer: str = "features.7.2") -> list[dict[str, Any]]:
     """Predict every slide and patch file in ``input_dir``; write heat-maps under ``<output_dir>/predictions/`` and
     ``<output_dir>/predictions.csv``. Bad inputs are reported together at the end (non-zero exit), after the good
-    ones were written."""
+    ones were written. Probabilities are calibrated by ``temperature`` and labels are ``p >= threshold`` (both
+    recorded in ``model.json`` at training); with ``explain``, every patch of a patch file also gets a Grad-CAM
+    overlay ``<case>_gradcam.png`` (slides: none, their heat-map is the explanation)."""
     inputs = list_inputs(input_dir)
     load_network_weights(network, ckpt_path)
-    predictor = Predictor(network.to(device), preprocessing, inferer, postprocessing, device, batch_size)
+    predictor = Predictor(network.to(device), preprocessing, inferer, postprocessing, device, batch_size, temperature)
+    cam = GradCam(network, explain_layer, class_idx=0) if enabled(explain) else None
+    threshold = float(threshold)
     out = Path(str(output_dir))
     rows: list[dict[str, Any]] = []
 
     def one(path: Path) -> None:
         if path.name.lower().endswith("_x.h5"):
-            rows.extend(predict_patches(path, predictor))
+            rows.extend(predict_patches(path, predictor, threshold, cam, out / "predictions"))
         else:
-            rows.append(predict_slide(path, out / "predictions", predictor, int(heatmap_level), int(heatmap_stride)))
+            rows.append(predict_slide(path, out / "predictions", predictor, int(heatmap_level), int(heatmap_stride),
+                                      threshold))
 
     try:
         run_each(inputs, one, name_of=str, what="pathology inference")

@@ -1,4 +1,9 @@
-"""Per-patch rows and patch-level metrics (AUC, accuracy, sensitivity, specificity) for ``metrics.json``."""
+"""Per-patch rows and patch-level metrics (AUC, accuracy, sensitivity, specificity) for ``metrics.json``.
+
+Rows carry the calibrated tumour probability ``prob_tumour`` (sigmoid of the logit divided by the temperature
+recorded in ``model.json``), ``prob_tumour_uncalibrated`` and ``pred`` (1 when ``prob_tumour >= threshold``, the
+recorded operating threshold); accuracy, sensitivity and specificity count ``pred`` (rows without it: p >= 0.5).
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,21 @@ from sklearn.metrics import roc_auc_score
 THRESHOLD = 0.5
 
 
-def case_rows(engine: Any) -> list[dict[str, Any]]:
-    """One row per patch of the current evaluator iteration: case id, label, tumour probability, predicted label."""
+def case_rows(engine: Any, threshold: float = THRESHOLD, temperature: float = 1.0) -> list[dict[str, Any]]:
+    """One row per patch of the current evaluator iteration: case id, label, calibrated tumour probability
+    (``sigmoid(logit / temperature)``), the uncalibrated one and the label predicted at ``threshold``. The
+    evaluator's postprocessing must leave the logit in ``pred`` (no activation)."""
+    from common.calibration import positive_probability
+
     batch, output = engine.state.batch, engine.state.output
     rows = []
     for item, out in zip(batch, output):
-        prob = _scalar(out["pred"])
+        logit = [_scalar(out["pred"])]
+        prob = float(positive_probability(logit, float(temperature))[0])
         label = int(round(_scalar(out["label"])))
-        rows.append({"case": str(item["case"]), "label": label, "prob_tumour": prob, "pred": int(prob >= THRESHOLD)})
+        rows.append({"case": str(item["case"]), "label": label, "prob_tumour": prob,
+                     "prob_tumour_uncalibrated": float(positive_probability(logit, 1.0)[0]),
+                     "pred": int(prob >= float(threshold))})
     return rows
 
 
@@ -32,7 +44,8 @@ def _scalar(value: Any) -> float:
 def _arrays(rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     label = np.array([int(r["label"]) for r in rows])
     prob = np.array([float(r["prob_tumour"]) for r in rows])
-    return label, prob, (prob >= THRESHOLD).astype(int)
+    pred = np.array([int(r["pred"]) if "pred" in r else int(float(r["prob_tumour"]) >= THRESHOLD) for r in rows])
+    return label, prob, pred
 
 
 def auc(rows: Sequence[Mapping[str, Any]]) -> float | None:
@@ -44,7 +57,7 @@ def auc(rows: Sequence[Mapping[str, Any]]) -> float | None:
 
 
 def accuracy(rows: Sequence[Mapping[str, Any]]) -> float | None:
-    """Fraction of patches whose thresholded prediction (p >= 0.5) equals the label."""
+    """Fraction of patches whose predicted label (``pred``) equals the label."""
     label, _, pred = _arrays(rows)
     return float((label == pred).mean()) if len(label) else None
 
