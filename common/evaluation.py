@@ -96,7 +96,8 @@ def summarise(
     if not rows:
         raise ValueError("no cases to evaluate: the evaluation produced no per-case rows.")
     if key_metric not in case_metrics and key_metric not in dataset_metrics:
-        raise ValueError(f"key_metric '{key_metric}' is not among the metrics {list(case_metrics) + list(dataset_metrics)}.")
+        raise ValueError(f"key_metric '{key_metric}' is not among the metrics "
+                         f"{list(case_metrics) + list(dataset_metrics)}.")
     n = len(rows)
     summary: dict[str, Any] = {"key_metric": key_metric}
     for name in case_metrics:

@@ -85,7 +85,8 @@ def select_workflows(requested: Sequence[str] | None,
     selected, others = [], []
     for area in sorted(set(requested or available)):
         if area not in available:
-            others.append(BundleResult(area, "skipped", f"no bundle folder with configs/metadata.json in {bundles_dir}"))
+            others.append(BundleResult(area, "skipped",
+                                       f"no bundle folder with configs/metadata.json in {bundles_dir}"))
             continue
         try:
             selected += bundle_workflows(bundles_dir / area)
@@ -307,7 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{r.area}] {'skipped' if r.status == 'skipped' else 'FAILED'}: {r.message}")
     plans = {run_name(w, args.bundles_dir): bundle_steps(w, out, uri, args.tiny, args.bundles_dir) for w in selected}
     print(f"main job: {len(plans)} workflow(s) {', '.join(plans) or '(none)'}; outputs in {out}; "
-          f"MLflow store {uri}; evaluated on held-out data (seed {HELDOUT_SEED}){'; tiny configs' if args.tiny else ''}")
+          f"MLflow store {uri}; evaluated on held-out data (seed {HELDOUT_SEED})"
+          f"{'; tiny configs' if args.tiny else ''}")
     start = time.perf_counter()
     outer = tqdm(total=sum(len(s) for s in plans.values()), position=0, unit="step", dynamic_ncols=True,
                  bar_format="{desc:<22} {bar} {n_fmt}/{total_fmt} steps [{elapsed}]")

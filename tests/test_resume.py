@@ -33,7 +33,8 @@ def dataset(request, tmp_path_factory):
 
 def train_args(area, data, out, *extra, epochs=3):
     return [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_list(area, "train", "tiny"),
-            "--dataset_dir", str(data), "--output_dir", str(out), "--epochs", str(epochs), "--val_interval", "1", *extra]
+            "--dataset_dir", str(data), "--output_dir", str(out), "--epochs", str(epochs), "--val_interval", "1",
+            *extra]
 
 
 def test_sigkill_during_epoch_2_then_resume_and_corrupt_checkpoint(dataset, tmp_path):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from bundle_harness import BUNDLES, REPO
 
 AREAS = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "metadata.json").is_file())
@@ -210,10 +211,10 @@ def test_breast_undecodable_dicom_gives_the_same_reason_to_evaluate_and_inferenc
     import numpy as np
     import pydicom
     import pydicom.pixels
-    from bundle_harness import import_bundle_module
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGLSLossless
 
+    from bundle_harness import import_bundle_module
     from common.validation import Problems
 
     dicom = import_bundle_module("breast", "dicom")

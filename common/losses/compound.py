@@ -16,7 +16,8 @@ class CompoundLoss(nn.Module):
 
         "loss": {"_target_": "common.losses.CompoundLoss",
                  "losses": [{"_target_": "common.losses.DiceLoss", "sigmoid": true},
-                            {"_target_": "common.losses.SensitivitySpecificityLoss", "sigmoid": true, "r": "@ss_ratio"}],
+                            {"_target_": "common.losses.SensitivitySpecificityLoss", "sigmoid": true,
+                             "r": "@ss_ratio"}],
                  "weights": ["@dice_weight", "@ss_weight"]}
 
     The forward pass stays on the device (no per-term ``.item()``: a host sync on every training step).
@@ -42,7 +43,8 @@ class CompoundLoss(nn.Module):
             raise ValueError(f"CompoundLoss weights must be non-negative, got {weights}.")
         for term in losses:
             if not isinstance(term, nn.Module):
-                raise TypeError(f"every CompoundLoss term must be a torch.nn.Module (a loss), got {type(term).__name__}.")
+                raise TypeError("every CompoundLoss term must be a torch.nn.Module (a loss), "
+                                f"got {type(term).__name__}.")
         self.losses = nn.ModuleList(losses)
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
 

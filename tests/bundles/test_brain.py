@@ -28,7 +28,8 @@ SEQUENCES = ("t1", "t1ce", "t2", "flair")
 def mods():
     from bundle_harness import import_bundle_module
 
-    return {name: import_bundle_module(AREA, name) for name in ("phantom", "data", "transforms", "metrics", "inference")}
+    return {name: import_bundle_module(AREA, name)
+            for name in ("phantom", "data", "transforms", "metrics", "inference")}
 
 
 @pytest.fixture(scope="module")
@@ -316,8 +317,9 @@ def test_training_on_bad_data_fails_before_training(tiny_data, tmp_path):
 def test_inference_skips_a_bad_case_and_fails_naming_it(mods, trained, tiny_data, tmp_path, caplog):
     import logging
 
-    from common.validation import BatchFailure
     from monai.bundle import ConfigParser
+
+    from common.validation import BatchFailure
 
     inp = tmp_path / "input"
     _copy_case(tiny_data / "BraTS2021_00000", inp)
@@ -472,7 +474,8 @@ def test_model_zoo_brats_checkpoint_loads_completely_with_init_filters_16(tmp_pa
         assert report.skipped == {} and sorted(report.loaded) == sorted(expected), ckpt
     state = net.state_dict()  # the converted one: T1 (bundle channel 0) <- Zoo channel 1 (T1), T1ce <- Zoo T1ce (0)
     first = "convInit.conv.weight"
-    assert torch.equal(state[first][:, 0], expected[first][:, 1]) and torch.equal(state[first][:, 1], expected[first][:, 0])
+    assert (torch.equal(state[first][:, 0], expected[first][:, 1])
+            and torch.equal(state[first][:, 1], expected[first][:, 0]))
     assert torch.equal(state[first][:, 2:], expected[first][:, 2:])
     assert all(torch.equal(v, expected[k]) for k, v in state.items() if k != first)
     # the default width (8): only the output bias ([3]) fits, the rest are shape mismatches (logged with a warning)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -177,7 +176,8 @@ def test_paths_resolve_through_the_case_folder_in_a_tcia_tree(tiny_data, tmp_pat
             target = root / "CBIS-DDSM" / case / "07-20-2016-DDSM-99" / series / "1-1.dcm"
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(tiny_data / row[column].strip(), target)
-    rows.append(dict(rows[0], patient_id="P_09999", **{"cropped image file path": "Mass-Training_P_09999_LEFT_CC_1/x/y/000000.dcm"}))
+    rows.append(dict(rows[0], patient_id="P_09999",
+                     **{"cropped image file path": "Mass-Training_P_09999_LEFT_CC_1/x/y/000000.dcm"}))
     write_table(root / TRAIN_CSV, rows)
     problems = data.Problems("test")
     items = data.load_split(root, "train", "cropped", problems)

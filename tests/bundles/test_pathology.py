@@ -183,7 +183,7 @@ def test_heatmap_cells_are_centred_patches():
 
 
 def test_all_background_slide_gives_an_empty_heatmap(tmp_path, trained):
-    inference, phantom = mod("inference"), mod("phantom")
+    phantom = mod("phantom")
     rng = np.random.default_rng(1)
     glass = np.clip(rng.normal(236, 2, (512, 512, 3)), 0, 255).astype(np.uint8)
     (tmp_path / "in").mkdir()

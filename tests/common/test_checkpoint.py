@@ -10,9 +10,20 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from common.checkpoint import (FORMAT, BestModelSaver, CheckpointError, ResumableCheckpoint, cpu_state_dict,
-                               list_resumable, load_checkpoint, load_network_weights, model_setting, save_atomic,
-                               settings_path, unwrap)
+from common.checkpoint import (
+    FORMAT,
+    BestModelSaver,
+    CheckpointError,
+    ResumableCheckpoint,
+    cpu_state_dict,
+    list_resumable,
+    load_checkpoint,
+    load_network_weights,
+    model_setting,
+    save_atomic,
+    settings_path,
+    unwrap,
+)
 
 
 def tiny_net() -> nn.Module:

@@ -68,7 +68,8 @@ def test_total_is_the_weighted_sum_of_the_real_terms():
     (([Constant(1.0)], [1.0, 2.0]), ValueError, r"CompoundLoss got 1 losses but 2 weights"),
     (([Constant(1.0), Constant(2.0)], [1.0, -0.5]), ValueError, r"weights must be non-negative, got \[1.0, -0.5\]"),
     (([], None), ValueError, r"CompoundLoss needs at least one loss"),
-    (([Constant(1.0), 3.0], None), TypeError, r"every CompoundLoss term must be a torch.nn.Module \(a loss\), got float"),
+    (([Constant(1.0), 3.0], None), TypeError,
+     r"every CompoundLoss term must be a torch.nn.Module \(a loss\), got float"),
 ])
 def test_errors(args, error, match):
     with pytest.raises(error, match=match):

@@ -30,7 +30,8 @@ TEST_CASES = [
     ({"r": 0.0, **EPS}, [[[[0.5, 0.0], [1.0, 0.5]]]], [[[[1.0, 0.0], [0.0, 1.0]]]], 0.5),
     # 4. sigmoid, (1,1,2,2); logits [0,0,100,-100] -> p=[.5,.5,1,0]; g=[1,0,0,0]
     #    sens = .25/1 = .25; spec = (.25 + 1 + 0)/3 = 1.25/3; .05*.25 + .95*1.25/3 = .0125 + .39583333 = .40833333
-    ({"sigmoid": True, **EPS}, [[[[0.0, 0.0], [100.0, -100.0]]]], [[[[1.0, 0.0], [0.0, 0.0]]]], 0.0125 + 0.95 * 1.25 / 3),
+    ({"sigmoid": True, **EPS}, [[[[0.0, 0.0], [100.0, -100.0]]]], [[[[1.0, 0.0], [0.0, 0.0]]]],
+     0.0125 + 0.95 * 1.25 / 3),
     # 5. softmax over 2 channels, (1,2,1,2); voxel a logits (0,0) -> p=(.5,.5), class 1; voxel b (ln3,0) -> (.75,.25),
     #    class 0.  ch0: g=[0,1], p=[.5,.75]: sens=(.25)^2=.0625, spec=.5^2=.25 -> .05*.0625+.95*.25 = .240625
     #              ch1: g=[1,0], p=[.5,.25]: sens=.25, spec=.0625 -> .05*.25+.95*.0625 = .071875
@@ -222,7 +223,8 @@ def test_constructor_errors(kwargs, error, match):
 
 
 def test_shape_mismatch_errors():
-    with pytest.raises(ValueError, match=r"ground truth has different shape \(\(1, 2, 4, 4\)\) from input \(\(1, 3, 4, 4\)\)"):
+    with pytest.raises(ValueError,
+                       match=r"ground truth has different shape \(\(1, 2, 4, 4\)\) from input \(\(1, 3, 4, 4\)\)"):
         SensitivitySpecificityLoss()(torch.rand(1, 3, 4, 4), torch.rand(1, 2, 4, 4))
     with pytest.raises(ValueError, match=r"ground truth has different shape \(\(1, 1, 4, 4\)\)"):
         SensitivitySpecificityLoss()(torch.rand(1, 3, 4, 4), torch.randint(0, 3, (1, 1, 4, 4)))  # no to_onehot_y
@@ -246,7 +248,8 @@ def _convergence_losses():
     return {
         "ss": lambda: SensitivitySpecificityLoss(sigmoid=True, r=0.1),
         "dice": lambda: DiceLoss(sigmoid=True),
-        "compound": lambda: CompoundLoss([DiceLoss(sigmoid=True), SensitivitySpecificityLoss(sigmoid=True)], [0.5, 1.0]),
+        "compound": lambda: CompoundLoss([DiceLoss(sigmoid=True), SensitivitySpecificityLoss(sigmoid=True)],
+                                         [0.5, 1.0]),
     }
 
 

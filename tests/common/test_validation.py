@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.validation import (BatchFailure, DatasetError, Problems, check_dir, check_file, check_finite,
-                               check_labels, run_each)
+from common.validation import (
+    BatchFailure,
+    DatasetError,
+    Problems,
+    check_dir,
+    check_file,
+    check_finite,
+    check_labels,
+    run_each,
+)
 
 
 def test_problems_collects_and_raises_all(tmp_path):

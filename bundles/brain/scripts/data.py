@@ -65,7 +65,8 @@ def _check_case(item: dict[str, Any], problems: Problems, check_voxels: bool) ->
         if reference is None:
             reference = (path, img.shape, img.affine)
         elif img.shape != reference[1]:
-            problems.add(path, f"{item['case']}: shape {img.shape} differs from {Path(reference[0]).name} {reference[1]}")
+            problems.add(path, f"{item['case']}: shape {img.shape} differs from "
+                               f"{Path(reference[0]).name} {reference[1]}")
         elif not np.allclose(img.affine, reference[2], atol=1e-3):
             problems.add(path, f"{item['case']}: affine differs from {Path(reference[0]).name}'s")
         if data is None:
@@ -132,7 +133,8 @@ def training_split(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike
     if synthetic:
         prepare_synthetic(dataset_dir, **synthetic)
     if datalist:
-        train, val = _from_datalist(datalist, "training", dataset_dir), _from_datalist(datalist, "validation", dataset_dir)
+        train, val = (_from_datalist(datalist, "training", dataset_dir),
+                      _from_datalist(datalist, "validation", dataset_dir))
         validate_items(train + val, f"brain datalist {datalist}")
     else:
         items = load_cases(dataset_dir)

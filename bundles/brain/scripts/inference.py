@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from common.checkpoint import load_network_weights
-from common.io import save_nifti
 from common.inputs import folders_only, list_input_folder
+from common.io import save_nifti
 from common.validation import run_each
 
 from .data import case_item, validate_items

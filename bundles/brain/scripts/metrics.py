@@ -102,6 +102,7 @@ class CaseRows:
 
     def _overlay(self, item: dict[str, Any], pred: np.ndarray, truth: np.ndarray, row: dict[str, Any]) -> None:
         import nibabel as nib
+
         from common.overlays import middle_slice, save_overlay_png
 
         from .transforms import RegionsToBratsLabels

@@ -132,7 +132,8 @@ def _anatomy(shape: tuple[int, int, int], affine: np.ndarray, spacing: float,
 def _smooth_noise(shape: tuple[int, int, int], rng: np.random.Generator, cells: int = 6) -> np.ndarray:
     """A smooth random field in about [-1, 1]: coarse Gaussian noise upsampled with cubic splines."""
     coarse = rng.standard_normal((cells, cells, cells))
-    field = ndimage.zoom(coarse, [n / cells for n in shape], order=3, mode="nearest")[: shape[0], : shape[1], : shape[2]]
+    field = ndimage.zoom(coarse, [n / cells for n in shape], order=3,
+                         mode="nearest")[: shape[0], : shape[1], : shape[2]]
     return (field / (np.abs(field).max() + 1e-8)).astype(np.float32)
 
 

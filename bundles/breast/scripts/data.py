@@ -9,7 +9,6 @@ files below it; a row that cannot be resolved is reported with its CSV line.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 from collections.abc import Sequence

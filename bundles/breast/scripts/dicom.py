@@ -51,8 +51,8 @@ def check_decodable(ds: Dataset, path: str | os.PathLike) -> None:
     """Refuse a transfer syntax that no installed pydicom decoder can decode, naming the file and what is missing.
 
     Evaluation (:func:`scripts.data.check_dicom`) and inference (:func:`read_dicom`) both call it, so one file gives
-    the same reason in both. Uncompressed syntaxes, and compressed ones with an installed decoder (with this project's requirements: JPEG
-    baseline/extended/lossless and JPEG-LS through pylibjpeg-libjpeg, JPEG 2000 and HTJ2K through
+    the same reason in both. Uncompressed syntaxes, and compressed ones with an installed decoder (with this project's
+    requirements: JPEG baseline/extended/lossless and JPEG-LS through pylibjpeg-libjpeg, JPEG 2000 and HTJ2K through
     pylibjpeg-openjpeg, RLE and Deflate through pydicom itself), pass.
 
     Raises:

@@ -109,7 +109,8 @@ def predict(input_dir: str | os.PathLike, output_dir: str | os.PathLike, network
 
     csv_file = out / "predictions.csv"
     try:
-        run_each(items, one, name_of=lambda i: f"{i['case']} ({i.get('image', i.get('full'))})", what="breast inference")
+        run_each(items, one, name_of=lambda i: f"{i['case']} ({i.get('image', i.get('full'))})",
+                 what="breast inference")
     finally:
         if rows:
             write_csv(csv_file, rows, fieldnames=["case", "p_benign", "p_malignant", "label"])

@@ -176,7 +176,8 @@ def prepare(dataset_dir: str, synthetic_dir: str, output_dir: str, num_cases: in
         DatasetError: the training split has problems (all listed).
     """
     dataset_dir = str(dataset_dir)
-    if Path(dataset_dir).resolve() == Path(str(synthetic_dir)).resolve() and not (Path(dataset_dir) / "training").is_dir():
+    if (Path(dataset_dir).resolve() == Path(str(synthetic_dir)).resolve()
+            and not (Path(dataset_dir) / "training").is_dir()):
         from scripts.phantom import write_dataset
 
         logger.info("no --dataset_dir given: writing the synthetic dataset to %s", dataset_dir)

@@ -12,8 +12,8 @@ import torch
 
 from common.checkpoint import load_network_weights
 from common.geometry import load, voxel_sizes
-from common.io import save_nifti, write_csv
 from common.inputs import folders_only, list_input_folder
+from common.io import save_nifti, write_csv
 from common.validation import Problems, run_each
 from scripts.clinical import CLINICAL_COLUMNS, clinical_indices
 from scripts.data import check_patient, require_checkpoint

@@ -166,6 +166,7 @@ class CaseRows:
 
     def _overlay(self, patient: str, batch: Any, output: Any) -> None:
         import nibabel as nib
+
         from common.overlays import middle_slice, save_overlay_png
 
         pred = output["pred"].argmax(0).cpu().numpy()

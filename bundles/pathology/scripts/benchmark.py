@@ -90,8 +90,8 @@ def throughput(num_patches: int = 512, batch: int = 64) -> dict[str, float]:
       of the unseen site;
     * ``network_patches_per_s`` and ``macenko_patches_per_s``: the two parts alone;
     * ``peer_resnet18_224_patches_per_s``: the architecture of the Model Zoo's ``pathology_tumor_detection`` (ResNet18,
-      11.2 M parameters, MONAI's implementation) on 224 x 224 patches in batches of 64, as ANCHORS.md section 7 timed it,
-      so that the speed-up is read from the same sweep.
+      11.2 M parameters, MONAI's implementation) on 224 x 224 patches in batches of 64, as ANCHORS.md section 7
+      timed it, so that the speed-up is read from the same sweep.
     """
     import torch
     from monai.bundle import ConfigParser
@@ -123,7 +123,8 @@ def throughput(num_patches: int = 512, batch: int = 64) -> dict[str, float]:
             "macenko_patches_per_s": _median_rate(lambda: [norm(i) for i in images], num_patches),
             "peer_resnet18_224_patches_per_s": _median_rate(lambda: peer(x_peer), 64),
         }
-    result["speedup_end_to_end_vs_peer"] = result["end_to_end_patches_per_s"] / result["peer_resnet18_224_patches_per_s"]
+    result["speedup_end_to_end_vs_peer"] = (result["end_to_end_patches_per_s"]
+                                            / result["peer_resnet18_224_patches_per_s"])
     result["torch_threads"] = torch.get_num_threads()
     return result
 
