@@ -44,7 +44,6 @@ def test_bundle_configs_are_formatted():
     assert not todo, f"run: python tools/format_configs.py  ({len(todo)} files differ, e.g. {todo[0]})"
 
 
-@pytest.mark.xfail(strict=True, reason=PENDING)
 def test_ruff_passes():
     ruff = shutil.which("ruff") or shutil.which("ruff", path=str(Path(sys.executable).parent))
     if ruff is None:
