@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.checkpoint import load_network_weights
+from common.checkpoint import load_network_weights, unwrap
 from common.inputs import list_input_folder
 from common.io import save_png, write_csv
 from common.validation import Problems, check_dir, run_each
@@ -103,7 +103,8 @@ def predict(input_dir: str | os.PathLike, output_dir: str | os.PathLike, network
     if str(gradcam).strip().lower() not in ("false", "0", "no", "none", ""):  # `--gradcam false` arrives as text
         from monai.visualize import GradCAM
 
-        cam = GradCAM(nn_module=network, target_layers=gradcam_layer)
+        # the eager network (inside a common.backends wrapper): Grad-CAM needs its layers and gradients
+        cam = GradCAM(nn_module=unwrap(network), target_layers=gradcam_layer)
     rows: list[dict[str, Any]] = []
 
     def one(item: dict[str, Any]) -> None:
