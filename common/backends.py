@@ -8,9 +8,12 @@ needs no change: ``load_state_dict``/``state_dict``/``eval``/``to`` reach the ea
 the weights changed exports the current weights and runs the export from then on:
 
 - ``torchscript``: ``torch.jit.script`` (``torch.jit.trace`` on the first input where scripting fails);
-- ``onnxruntime``: ``torch.onnx.export`` (the TorchScript-based exporter, ``dynamo=False``, opset 17, which needs no
-  ``onnxscript``) with a dynamic batch axis and dynamic spatial axes, run by an ``onnxruntime`` CPU session with
-  every graph optimisation and PyTorch's thread count. Torch tensors go in and come out, so MONAI's inferers
+- ``onnxruntime``: ``torch.onnx.export`` (the TorchScript-based exporter, ``dynamo=False``, opset 17) with a dynamic
+  batch axis and dynamic spatial axes, run by an ``onnxruntime`` CPU session with every graph optimisation and
+  PyTorch's thread count. A network that exporter cannot express for any size (``AdaptiveAvgPool2d`` to a size
+  that does not divide its input's, as in the tiny breast classifier) is exported for the spatial size it is given
+  (by the ``torch.export``-based exporter, which needs ``onnxscript``, where the older one fails), and again for
+  another size. Torch tensors go in and come out, so MONAI's inferers
   (sliding window, slice-wise) work unchanged.
 
 An export is checked once against the eager network on the first sample it is made from (max abs difference
@@ -28,11 +31,12 @@ Sources: https://pytorch.org/docs/stable/onnx_torchscript.html, https://onnxrunt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import logging
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +76,8 @@ def require_onnxruntime() -> Any:
         import onnxruntime
     except ImportError as e:
         raise BackendError("backend 'onnxruntime' needs the onnxruntime package, which is not installed: "
-                           "pip install onnx==1.23.2 onnxruntime==1.32.0 (pinned in requirements.txt), "
-                           "or run with --backend torch") from e
+                           "pip install onnx==1.23.2 onnxruntime==1.32.0 onnxscript==0.7.2 (pinned in "
+                           "requirements.txt), or run with --backend torch") from e
     return onnxruntime
 
 
@@ -82,20 +86,52 @@ def _dynamic_axes(ndim: int) -> dict[int, str]:
     return {0: "batch", **{axis: f"spatial{axis - 2}" for axis in range(2, ndim)}}
 
 
-def export_onnx(network: torch.nn.Module, example: torch.Tensor, output_ndim: int | None = None) -> bytes:
+def export_onnx(network: torch.nn.Module, example: torch.Tensor, output_ndim: int | None = None,
+                dynamic_spatial: bool = True) -> bytes:
     """The ONNX model (bytes) of ``network`` in eval mode, traced on ``example`` (``B x C x spatial``) with a
-    dynamic batch axis and dynamic spatial axes (those of the output too when it has the input's rank, e.g. a
-    segmentation; a classifier's ``B x K`` output only has the batch axis dynamic)."""
+    dynamic batch axis and, with ``dynamic_spatial``, dynamic spatial axes (those of the output too when it has the
+    input's rank, e.g. a segmentation; a classifier's ``B x K`` output only has the batch axis dynamic). Without
+    ``dynamic_spatial`` the model takes only ``example``'s spatial size (needed by e.g. ``AdaptiveAvgPool2d`` to a
+    size other than 1, which the exporter cannot express for a dynamic input)."""
     output_ndim = example.ndim if output_ndim is None else int(output_ndim)
+    spatial = _dynamic_axes if dynamic_spatial else (lambda ndim: {0: "batch"})
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript-based exporter warns that it is deprecated, and about traces
         warnings.simplefilter("ignore")
         torch.onnx.export(network, (example,), buffer, dynamo=False, opset_version=ONNX_OPSET,
                           input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT], do_constant_folding=True,
-                          dynamic_axes={ONNX_INPUT: _dynamic_axes(example.ndim),
-                                        ONNX_OUTPUT: _dynamic_axes(output_ndim) if output_ndim == example.ndim
+                          dynamic_axes={ONNX_INPUT: spatial(example.ndim),
+                                        ONNX_OUTPUT: spatial(output_ndim) if output_ndim == example.ndim
                                         else {0: "batch"}})
     return buffer.getvalue()
+
+
+def export_onnx_dynamo(network: torch.nn.Module, example: torch.Tensor) -> bytes:
+    """The ONNX model (bytes) of ``network`` by the ``torch.export``-based exporter (needs ``onnxscript``), batch
+    axis dynamic, spatial size ``example``'s: for what the TorchScript-based exporter cannot express (e.g.
+    ``AdaptiveAvgPool2d`` to a size that does not divide its input's)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(network, (example,), dynamo=True, input_names=[ONNX_INPUT],
+                                    output_names=[ONNX_OUTPUT], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                    verbose=False)
+    return program.model_proto.SerializeToString()
+
+
+def export_onnx_any(network: torch.nn.Module, example: torch.Tensor, output_ndim: int) -> tuple[bytes, tuple | None]:
+    """``(model, static_shape)``: the ONNX model of ``network`` with dynamic spatial axes (``static_shape`` None)
+    where the TorchScript-based exporter can, else for ``example``'s spatial size only (``static_shape``), by that
+    exporter or, failing it, the ``torch.export``-based one. Raises the last exporter's error."""
+    try:
+        return export_onnx(network, example, output_ndim), None
+    except Exception as e:  # noqa: BLE001 - torch.onnx raises SymbolicValueError and others
+        logger.info("no ONNX export with dynamic spatial axes (%s); exporting for %s", e, tuple(example.shape[2:]))
+    static = tuple(example.shape[2:])
+    try:
+        return export_onnx(network, example, output_ndim, dynamic_spatial=False), static
+    except Exception as e:  # noqa: BLE001
+        logger.info("the TorchScript-based ONNX exporter failed (%s); trying the torch.export-based one", e)
+    return export_onnx_dynamo(network, example), static
 
 
 def onnx_session(model: bytes | str, threads: int | None = None) -> Any:
@@ -133,6 +169,28 @@ def _max_difference(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return float((a - b).abs().max()) if a.numel() else 0.0, 1e-4 * max(1.0, float(b.abs().max()) if b.numel() else 0)
 
 
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+               "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+
+
+@contextlib.contextmanager
+def without_hooks(network: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``network`` with its modules' forward/backward hooks set aside (e.g. Grad-CAM's, which ``torch.jit`` refuses
+    and an export need not run), put back on exit."""
+    saved = []
+    for module in network.modules():
+        for name in _HOOK_DICTS:
+            hooks = getattr(module, name, None)
+            if hooks:
+                saved.append((module, name, hooks))
+                setattr(module, name, type(hooks)())
+    try:
+        yield network
+    finally:
+        for module, name, hooks in saved:
+            setattr(module, name, hooks)
+
+
 class BackendNetwork(torch.nn.Module):
     """A network that runs eagerly, as TorchScript or in ONNX Runtime, and behaves as the eager one otherwise.
 
@@ -151,6 +209,7 @@ class BackendNetwork(torch.nn.Module):
         self.verify = bool(verify)
         self._exported: Any = None
         self._key: tuple | None = None
+        self.static_shape: tuple | None = None  # set when the ONNX model takes one spatial size only
         if self.backend == "onnxruntime":
             require_onnxruntime()  # fail at start-up, not after the first case was read
 
@@ -164,7 +223,8 @@ class BackendNetwork(torch.nn.Module):
     def _weights_key(self, x: torch.Tensor) -> tuple:
         """Changes whenever a parameter or buffer is replaced or changed in place (``load_state_dict``, ``to``)."""
         tensors = [*self.module.parameters(), *self.module.buffers()]
-        return (x.ndim, x.dtype, *((id(t), t._version, t.device.type) for t in tensors))
+        shape = tuple(x.shape[2:]) if self.static_shape is not None else None
+        return (x.ndim, x.dtype, shape, *((id(t), t._version, t.device.type) for t in tensors))
 
     def _export(self, x: torch.Tensor) -> None:
         example = x[:1].detach()
@@ -172,14 +232,18 @@ class BackendNetwork(torch.nn.Module):
             eager = self.module(example)
         if not isinstance(eager, torch.Tensor):
             raise BackendError(f"backend {self.backend!r} needs a network returning one tensor, got {type(eager)}")
-        if self.backend == "onnxruntime":
-            cpu_module = self.module if example.device.type == "cpu" else self.module.to("cpu")
-            session = onnx_session(export_onnx(cpu_module, example.cpu(), eager.ndim))
-            if cpu_module is not self.module or example.device.type != "cpu":
-                self.module.to(x.device)
-            self._exported = session
-        else:
-            self._exported = export_torchscript(self.module, example)
+        try:
+            with without_hooks(self.module):
+                if self.backend == "onnxruntime":
+                    self._exported = onnx_session(self._onnx_model(example, eager.ndim))
+                else:
+                    self._exported = export_torchscript(self.module, example)
+        except BackendError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the exporters raise many types
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            raise BackendError(f"backend {self.backend!r} cannot export this network ({type(e).__name__}: {first}); "
+                               f"use --backend torch") from e
         logger.info("exported the network for backend %s", self.backend)
         if self.verify:
             got = self._run(example)
@@ -188,6 +252,15 @@ class BackendNetwork(torch.nn.Module):
                 raise BackendError(f"backend {self.backend!r}: the exported network differs from the eager one by "
                                    f"{diff:.3g} (> {tol:.3g}) on the first input {tuple(example.shape)}; use "
                                    f"--backend torch")
+
+    def _onnx_model(self, example: torch.Tensor, output_ndim: int) -> bytes:
+        """ONNX bytes (:func:`export_onnx_any`); when they take one spatial size only, :attr:`static_shape` is it and
+        another size re-exports."""
+        try:
+            model, self.static_shape = export_onnx_any(self.module.to("cpu"), example.cpu(), output_ndim)
+            return model
+        finally:
+            self.module.to(example.device)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend == "onnxruntime":
@@ -272,7 +345,10 @@ def export_file(config_file: str, ckpt_path: str, filepath: str, backend: str | 
     with torch.no_grad():
         eager = network(example)
     if backend == "onnxruntime":
-        model = export_onnx(network, example, eager.ndim)
+        model, static = export_onnx_any(network, example, eager.ndim)
+        if static is not None:
+            logger.warning("%s takes inputs of spatial size %s only (the network has no ONNX form for a dynamic "
+                           "size)", filepath, static)
         got = torch.from_numpy(onnx_session(model).run([ONNX_OUTPUT], {ONNX_INPUT: example.numpy()})[0])
     else:
         model = export_torchscript(network, example)

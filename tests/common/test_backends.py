@@ -107,3 +107,32 @@ def test_export_that_differs_from_eager_is_refused(monkeypatch):
 def test_export_unknown_file_type_names_the_file(tmp_path):
     with pytest.raises(backends.BackendError, match=r"model.trt: unknown export file type '.trt'"):
         backends.export_file("x.json", "m.pt", str(tmp_path / "model.trt"))
+
+
+@pytest.mark.parametrize("backend", ["torchscript", "onnxruntime"])
+def test_hooks_of_an_explainer_do_not_stop_the_export(backend):
+    """Grad-CAM (breast) hooks the eager module; the export is made without the hooks, and they stay in place."""
+    from monai.visualize import GradCAM
+
+    net = tiny_net().eval()
+    wrapped = backends.with_backend(net, backend)
+    cam = GradCAM(nn_module=unwrap(wrapped), target_layers="2")
+    x = torch.randn(1, 2, 8, 8)
+    assert cam(x, class_idx=1).shape == (1, 1, 8, 8)
+    with torch.no_grad():
+        assert (wrapped(x) - eager_of(net, x)).abs().max().item() <= 1e-4
+    assert net[2]._forward_hooks and cam(x, class_idx=1).shape == (1, 1, 8, 8)
+
+
+def test_adaptive_pooling_exports_per_spatial_size():
+    """AdaptiveAvgPool2d(2) has no ONNX form for a dynamic input size: the export takes one size, and another size
+    is exported again (from 1 x 1, as in the tiny breast classifier, the torch.export-based exporter is used)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
+                              torch.nn.Linear(16, 2)).eval()
+    wrapped = backends.with_backend(net, "onnxruntime")
+    for shape in [(2, 1, 32, 32), (1, 1, 32, 32), (3, 1, 20, 28)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            assert (wrapped(x) - eager_of(net, x)).abs().max().item() <= 1e-4
+    assert wrapped.static_shape == (20, 28)
