@@ -8,8 +8,9 @@ The network is the peer ``brats_mri_segmentation``'s (SegResNet, init_filters 16
 1-1-1, 4.70 M parameters) with one set of seeded weights for every configuration; the input is one phantom case of
 the BraTS size (4 x 240 x 240 x 155 at 1 mm, ``bundles/brain/scripts/benchmark.py``), z-scored on its non-zero voxels
 per channel as both pipelines do. Each configuration runs in its own process (peak RSS is per process; the glibc
-tunables act at process start): one warm-up, then ``--repeats`` timed runs of the inferer alone (the part the levers
-change; loading, resampling and writing are the same for every configuration), median reported. Configurations:
+tunables act at process start): ``--warmup`` untimed runs, then ``--repeats`` timed runs of the inferer alone (the
+part the levers change; loading, resampling and writing are the same for every configuration), median reported.
+Configurations:
 
 - ``peer``: the peer's inferer, one 240 x 240 x 160 window (``SlidingWindowInferer``, overlap 0.5), ``no_grad``;
 - one lever at a time on top of ``peer``: ``inference_mode``, channels-last-3d, the glibc allocator through
@@ -75,7 +76,7 @@ def mallopt_no_trim() -> bool:
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**36))
 
 
-def worker(settings: dict, work: Path, name: str, repeats: int) -> dict:
+def worker(settings: dict, work: Path, name: str, repeats: int, warmup: int = 1) -> dict:
     if settings.get("mallopt"):
         mallopt_no_trim()
     import torch
@@ -105,11 +106,11 @@ def worker(settings: dict, work: Path, name: str, repeats: int) -> dict:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     grad_off = torch.inference_mode if settings.get("inference_mode") else torch.no_grad
     times = []
-    for i in range(repeats + 1):
+    for i in range(repeats + warmup):
         start = time.perf_counter()
         with grad_off():
             out = inferer(x, net)
-        if i:
+        if i >= warmup:
             times.append(time.perf_counter() - start)
     masks = np.zeros((3, *volume.shape[2:]), bool)
     pred = np.asarray(torch.as_tensor(out)[0].float() > 0)  # sigmoid > 0.5
@@ -165,22 +166,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work_dir", required=True)
     parser.add_argument("--output", default=None)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (0: the first run is timed too)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS))
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     work = Path(args.work_dir)
     if args.worker:
-        result = worker(CONFIGS[args.worker], work, args.worker, args.repeats)
+        result = worker(CONFIGS[args.worker], work, args.worker, args.repeats, args.warmup)
         print("RESULT " + json.dumps(result))
         return result
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "input.npy").is_file():
         prepare(work)
-    results = {"machine": cpu_info(), "repeats": args.repeats, "configs": {}}
+    results = {"machine": cpu_info(), "repeats": args.repeats, "warmup": args.warmup, "configs": {}}
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
         env = {**os.environ, "PYTHONPATH": str(REPO), **CONFIGS[name].get("env", {})}
         proc = subprocess.run([sys.executable, __file__, "--work_dir", str(work), "--repeats", str(args.repeats),
-                               "--worker", name], capture_output=True, text=True, env=env, cwd=REPO)
+                               "--warmup", str(args.warmup), "--worker", name],
+                              capture_output=True, text=True, env=env, cwd=REPO)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
             results["configs"][name] = {"error": proc.stderr[-2000:]}

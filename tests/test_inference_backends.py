@@ -4,7 +4,8 @@ The shared tiny run's ``pred`` folder (``tiny_pipeline``) holds the eager (``--b
 inference command, with ``--backend torchscript`` or ``--backend onnxruntime`` and another ``--output_dir``, must
 write the same files: probabilities within 1e-4 (a PNG of probability x 255 within one grey level, since 1e-4 can
 cross a rounding boundary); CSV labels identical, CSV probabilities within 1e-4, measurements from masks (volumes,
-EF, area fractions) within 1e-3 of their column's largest magnitude; masks
+EF, area fractions) within 1e-2 of their column's largest magnitude (one tied voxel of a 1-epoch cardiac mask moves
+an EF by 0.003 points; the masks they come from are checked voxel by voxel); masks
 identical except at most a fraction 1e-4 of their voxels. That allowance is for ties: the shared run's network is
 trained for one epoch, so its class probabilities are nearly equal in many voxels, and a rounding difference of
 1e-6 (ONNX Runtime's convolutions sum in another order than PyTorch's) flips an argmax there (measured: 1 voxel of
@@ -28,7 +29,7 @@ from bundle_harness import BUNDLES, REPO, run_monai_bundle
 
 AREAS = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "metadata.json").is_file())
 PROB_TOL = 1e-4
-MEASURE_TOL = 1e-3
+MEASURE_TOL = 1e-2
 MASK_TIES = 1e-4  # fraction of a mask's voxels allowed to differ (ties of the 1-epoch network, see above)
 
 
