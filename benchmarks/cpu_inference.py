@@ -190,8 +190,9 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         results["configs"][name] = json.loads(line[-1][len("RESULT "):])
         print(name, results["configs"][name]["median_s"], flush=True)
+        (work / "partial.json").write_text(json.dumps(results, indent=2) + "\n")  # a long sweep keeps what it did
     peer = results["configs"].get("peer", {})
-    shape = (3, 240, 240, 155)
+    shape = (3, *np.load(work / "input.npy", mmap_mode="r").shape[1:])
     if "median_s" in peer:
         peer_masks = np.unpackbits(np.load(work / "masks_peer.npy"))[: np.prod(shape)].reshape(shape).astype(bool)
         for name, r in results["configs"].items():
