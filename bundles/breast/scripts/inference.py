@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from common.checkpoint import load_network_weights
+from common.checkpoint import load_network_weights, unwrap
 from common.explain import GradCam, enabled, overlay
 from common.inputs import list_input_folder
 from common.io import save_png, write_csv
@@ -94,7 +94,8 @@ def predict(input_dir: str | os.PathLike, output_dir: str | os.PathLike, network
     temperature, threshold = float(temperature), float(threshold)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature} (from {ckpt_path} or --temperature)")
-    cam = GradCam(network, explain_layer, class_idx=1) if enabled(explain) else None
+    # the eager network (inside a common.backends wrapper): Grad-CAM needs its layers and gradients
+    cam = GradCam(unwrap(network), explain_layer, class_idx=1) if enabled(explain) else None
     rows: list[dict[str, Any]] = []
 
     def one(item: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ import torch
 from monai.data import WSIReader
 from monai.transforms import ForegroundMask
 
-from common.checkpoint import load_network_weights
+from common.checkpoint import load_network_weights, unwrap
 from common.explain import GradCam, enabled
 from common.explain import overlay as explain_overlay
 from common.inputs import list_input_folder
@@ -223,7 +223,8 @@ def predict(input_dir: str, output_dir: str, network: torch.nn.Module, ckpt_path
     inputs = list_inputs(input_dir)
     load_network_weights(network, ckpt_path)
     predictor = Predictor(network.to(device), preprocessing, inferer, postprocessing, device, batch_size, temperature)
-    cam = GradCam(network, explain_layer, class_idx=0) if enabled(explain) else None
+    # the eager network (inside a common.backends wrapper): Grad-CAM needs its layers and gradients
+    cam = GradCam(unwrap(network), explain_layer, class_idx=0) if enabled(explain) else None
     threshold = float(threshold)
     out = Path(str(output_dir))
     rows: list[dict[str, Any]] = []
