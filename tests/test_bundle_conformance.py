@@ -206,11 +206,29 @@ def test_transfer_ids_and_encoder_preset(area, tmp_path):
     parser = ConfigParser()
     parser.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in ("train", "tiny")])
     assert [parser[k] for k in ("pretrained_ckpt", "freeze", "pretrained_lr_scale")] == [None, [], 1.0]
-    train = (BUNDLES / area / "configs" / "train.json").read_text()
-    for needed in ('"settings": {"pretrained_ckpt": "@pretrained_ckpt", "freeze": "@freeze", "pretrained_lr_scale"',
-                   '"transfer": "$common.transfer.summary(@network)"',
-                   '"params": "$common.transfer.param_groups(@network, @learning_rate, @pretrained_lr_scale)"'):
-        assert needed in train, f"{area}: train.json lacks {needed}"
+    train = json.loads((BUNDLES / area / "configs" / "train.json").read_text())
+
+    def components(node):  # every dict with a _target_ anywhere in the config
+        if isinstance(node, dict):
+            if "_target_" in node:
+                yield node
+            for value in node.values():
+                yield from components(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from components(value)
+
+    by_target = {}
+    for component in components(train):
+        by_target.setdefault(component["_target_"], []).append(component)
+    (saver,) = by_target["common.checkpoint.BestModelSaver"]
+    assert {k: saver["settings"].get(k) for k in ("pretrained_ckpt", "freeze", "pretrained_lr_scale")} == {
+        "pretrained_ckpt": "@pretrained_ckpt", "freeze": "@freeze", "pretrained_lr_scale": "@pretrained_lr_scale"}, \
+        f"{area}: model.json must record the transfer ids"
+    (recorder,) = by_target["common.tracking.MLflowRunRecorder"]
+    assert recorder["params"].get("transfer") == "$common.transfer.summary(@network)", f"{area}: MLflow params"
+    assert train["optimizer"]["params"] == "$common.transfer.param_groups(@network, @learning_rate, " \
+        "@pretrained_lr_scale)", f"{area}: the optimiser must take common.transfer's parameter groups"
     multi = ConfigParser()
     multi.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in ("train", "multi_gpu_train")])
     assert "@network_init.to(@device)" in json.dumps(multi["network"]), f"{area}: DDP must wrap network_init"
