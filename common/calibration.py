@@ -35,7 +35,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit, log_softmax, softmax
 
 from common.distributed import is_rank0
-from common.io import atomic_path, write_json
+from common.io import save_figure, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -267,10 +267,7 @@ def plot_reliability(path: str | Path, curves: Mapping[str, tuple[Any, Any]], n_
     bars.set(xlabel=f"predicted probability ({n_bins} equal-width bins)", ylabel="cases per bin")
     bars.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
 
 
 class ReliabilityWriter:

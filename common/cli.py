@@ -220,3 +220,19 @@ def __getattr__(name: str) -> Any:
             raise CommandLineError(f"common.cli could not check the command-line values against the config "
                                    f"({errors.describe(e, one_line=True)}); nothing was run") from e
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def as_bool(value: Any, name: str) -> bool:
+    """A config flag given as a bool or as command-line text (``--explain false``, ``--strict_rows 1``).
+
+    Raises:
+        ValueError: anything other than a bool or true/false/1/0/yes/no/none text (names the id).
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", "none", ""):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}.")

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.cli import as_bool
+
 
 def enabled(value: Any) -> bool:
     """A config flag as a bool: ``true``/``false`` may arrive as text from the command line (``--explain false``).
@@ -19,14 +21,7 @@ def enabled(value: Any) -> bool:
     Raises:
         ValueError: anything other than a bool or true/false/1/0/yes/no/none text.
     """
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no", "none", ""):
-        return False
-    raise ValueError(f"explain must be true or false, got {value!r}")
+    return as_bool(value, "explain")
 
 
 class GradCam:

@@ -119,3 +119,17 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
 
     with atomic_path(path) as tmp:
         Image.fromarray(np.asarray(array)).save(tmp, format="PNG")
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: float | None = None) -> str:
+    """Write a matplotlib figure as PNG atomically (see :func:`atomic_path`), then close it if pyplot manages it.
+
+    Returns:
+        ``path`` as a string.
+    """
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", **({"dpi": dpi} if dpi is not None else {}))
+    plt.close(fig)
+    return str(path)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from common.io import atomic_path
+from common.io import save_figure
 
 # label colours (tab10 without its grey), label 0 = background is transparent
 _COLOURS = ["#d62728", "#2ca02c", "#1f77b4", "#ff7f0e", "#9467bd", "#17becf", "#e377c2", "#bcbd22", "#8c564b"]
@@ -150,9 +150,7 @@ def save_overlay_png(
         bar.set_label("predicted probability", fontsize=8)
     fig.subplots_adjust(left=0.02, right=0.92 if mappable is not None else 0.98, top=0.85 if title else 0.92,
                         bottom=0.12 if unique else 0.03, wspace=0.05)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
-    return str(path)
+    return save_figure(fig, path, dpi=dpi)
 
 
 def middle_slice(volume: Any, axis: int = -1, mask: Any | None = None) -> int:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.io import atomic_path, write_text
+from common.io import atomic_path, save_figure, write_text
 
 logger = logging.getLogger(__name__)
 CI_LOW, CI_HIGH = "_ci95_low", "_ci95_high"
@@ -164,8 +164,7 @@ def plot_curves(curves: Sequence[Curve], path: Path, title: str) -> Path | None:
         ax.set_visible(False)
     wrapped = textwrap.fill(title, width=int(48 * cols))
     fig.suptitle(wrapped, fontsize=11)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    save_figure(fig, path)
     return path
 
 

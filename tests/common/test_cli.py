@@ -94,3 +94,18 @@ def test_config_import_refuses_an_untraceable_number(monkeypatch):
     parser.update({"output_dir": 1e-4})
     with pytest.raises(CommandLineError, match="--output_dir was read as the float 0.0001"):
         parser.get_parsed_content("output_dir")
+
+
+@pytest.mark.parametrize("value, expected", [(True, True), (False, False), ("true", True), (" Yes ", True), (1, True),
+                                             ("0", False), ("none", False), ("", False), (None, False)])
+def test_as_bool_reads_flags_typed_on_the_command_line(value, expected):
+    from common.cli import as_bool
+
+    assert as_bool(value, "strict_rows") is expected
+
+
+def test_as_bool_names_the_id_on_other_text():
+    from common.cli import as_bool
+
+    with pytest.raises(ValueError, match="strict_rows must be true or false, got 'maybe'"):
+        as_bool("maybe", "strict_rows")

@@ -152,3 +152,16 @@ def test_write_csv_columns_and_cells(tmp_path):
     assert table[0] == {"case": "a", "dice": "0.123457", "hd95": ""}
     assert table[1] == {"case": "b", "dice": "", "hd95": ""}  # None and NaN are empty cells
     assert table[2] == {"case": "c", "dice": "0.5", "hd95": "3"}
+
+
+def test_save_figure_writes_a_png_atomically(tmp_path):
+    from matplotlib.figure import Figure
+
+    from common.io import save_figure
+
+    fig = Figure(figsize=(1, 1))
+    fig.subplots().plot([0, 1], [1, 0])
+    path = tmp_path / "plot.png"
+    assert save_figure(fig, path, dpi=20) == str(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]  # no temporary file left

@@ -196,7 +196,7 @@ def plot(results: dict, reference: dict, args, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from common.io import atomic_path
+    from common.io import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for arm in ARMS:
@@ -215,9 +215,7 @@ def plot(results: dict, reference: dict, args, path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from common.cli import as_bool
 from common.io import write_json
 from common.validation import Problems, check_dir
 from scripts.dicom import DicomError, check_decodable, read_dicom, read_header
@@ -286,18 +287,6 @@ def load_split(dataset_dir: str | os.PathLike, split: str, crop_source: str = "c
 
 def _skip_key(dataset_dir: str | os.PathLike, split: str, crop_source: str) -> tuple[str, str, str]:
     return str(Path(str(dataset_dir)).resolve()), split, crop_source
-
-
-def as_bool(value: Any, name: str) -> bool:
-    """A config flag given as a bool or as command-line text (``--strict_rows true``/``false``/``1``/``0``)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no", "none", ""):
-        return False
-    raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
 def skipped_rows(dataset_dir: str | os.PathLike, split: str, crop_source: str = "cropped",

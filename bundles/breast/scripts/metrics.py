@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.io import atomic_path
+from common.io import save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -138,10 +138,7 @@ def write_roc_curve(output_dir: str | os.PathLike, title: str = "Mass classifica
            xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right")
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return str(out)
+    return save_figure(fig, out)
 
 
 class RocCurveWriter:
