@@ -384,3 +384,46 @@ def test_no_personal_paths_or_device_pinning():
                 if "/home/" in text or "CUDA_VISIBLE_DEVICES" in text:
                     offenders.append(str(path.relative_to(REPO)))
     assert not offenders, f"personal paths or device pinning in {offenders}"
+
+
+# overrides that the commands accept without a config id of that name (MONAI's own switches)
+RUN_SWITCHES = {"config_file", "meta_file", "logging_file", "tracking", "tracking_uri", "args_file"}
+
+
+def printed_run_commands(area: str) -> list[list[str]]:
+    """The ``python -m monai.bundle run`` lines the model card prints (``torchrun ... -m monai.bundle run`` too),
+    each as an argument list from ``run`` on."""
+    text = (BUNDLES / area / "docs" / "README.md").read_text()
+    commands = []
+    for line in text.splitlines():
+        line = line.strip()
+        if "monai.bundle run " in line and not line.startswith(("#", "|", ">")):
+            words = shlex.split(line.split("#")[0] if " #" in line else line)
+            commands.append(words[words.index("run"):])
+    return commands
+
+
+@pytest.mark.parametrize("area", AREAS)
+def test_printed_run_commands_name_existing_configs_and_ids(area):
+    """Every ``monai.bundle run`` command of the model card (issue 13: commands run as printed): its config files
+    exist and merge, and every ``--id`` it sets is an id of the merged config or one of MONAI's switches (MONAI adds
+    a misspelt id silently); inference commands name ``--input_dir`` (the default folder exists only after a
+    default-folder training)."""
+    from monai.bundle import ConfigParser
+
+    commands = printed_run_commands(area)
+    assert commands, f"{area}: the model card prints no monai.bundle run command"
+    for words in commands:
+        flags = {w[2:].split("=")[0]: i for i, w in enumerate(words) if w.startswith("--")}
+        value = words[flags["config_file"] + 1] if "config_file" in flags else ""
+        files = re.findall(r"[\w./-]+\.json", value)
+        assert files, f"{area}: no config file in {' '.join(words)}"
+        root = REPO if files[0].startswith("bundles/") else BUNDLES / area
+        paths = [root / f for f in files]
+        assert all(p.is_file() for p in paths), f"{area}: {' '.join(words)} names a missing config"
+        parser = ConfigParser()
+        parser.read_config([str(p) for p in paths])
+        unknown = sorted(f for f in flags if f not in RUN_SWITCHES and f not in parser)
+        assert not unknown, f"{area}: {' '.join(words)} sets ids no config defines: {unknown}"
+        if any(p.name == "inference.json" for p in paths):
+            assert "input_dir" in flags, f"{area}: {' '.join(words)} has no --input_dir"
