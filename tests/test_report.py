@@ -187,3 +187,25 @@ def test_calibration_lines_show_ece_threshold_and_the_reliability_diagram(tmp_pa
     assert "![reliability diagram](b/overlays/evaluate_reliability.png)" in text and "roc_curve" not in text
     assert calibration_lines(BundleSection("brain", evaluate_run=SimpleNamespace(
         data=SimpleNamespace(metrics={"mean_dice": 0.8}))), tmp_path) == []
+
+
+def test_tracked_breast_evaluate_puts_its_reliability_diagram_in_the_report(tiny_pipeline, tmp_path):
+    """End to end, as the main job does it: a tracked evaluate run of the breast bundle uploads reliability.png, and
+    the report's Calibration subsection shows that very image (not under "Prediction overlays")."""
+    from bundle_harness import config_list, run_monai_bundle
+    from common.report import generate_report
+
+    shared = tiny_pipeline("breast")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    out = tmp_path / "eval"
+    run_monai_bundle(["run", "--config_file", config_list("breast", "train", "evaluate", "tiny"), "--dataset_dir",
+                      shared["data"], "--output_dir", out, "--ckpt_path", shared["out"] / "models" / "model.pt",
+                      "--tracking", "mlflow", "--tracking_uri", uri])
+    report = generate_report(uri, tmp_path / "report")
+    text = report.read_text()
+    calibration = text[text.index("### Calibration"):]
+    links = re.findall(r"!\[reliability diagram\]\(([^)]+)\)", calibration)
+    assert len(links) == 1 and (report.parent / links[0]).read_bytes() == (out / "reliability.png").read_bytes()
+    assert "ECE " in calibration and "labels at threshold " in calibration
+    prediction_overlays = text[text.index("### Prediction overlays"):] if "### Prediction overlays" in text else ""
+    assert "reliability" not in prediction_overlays

@@ -350,6 +350,20 @@ def test_metrics_on_a_known_confusion_matrix():
     assert fpr.tolist() == [0.0, 0.0, 1.0] and tpr.tolist() == [0.0, 1.0, 1.0]
 
 
+def test_metrics_at_a_second_operating_point_hand_computed():
+    metrics = mod("metrics")
+    # predicted at a recorded threshold of 0.75 (TP 2, FN 3, TN 5, FP 0); at 0.5: TP 3, FN 2, TN 4, FP 1
+    rows = metrics.at_threshold(rows_from([1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
+                                          [0.9, 0.8, 0.7, 0.2, 0.1, 0.6, 0.4, 0.3, 0.2, 0.1]), 0.75)
+    assert metrics.sensitivity(rows) == pytest.approx(2 / 5) and metrics.specificity(rows) == 1.0
+    assert metrics.sensitivity_at(rows) == pytest.approx(3 / 5)
+    assert metrics.specificity_at(rows) == pytest.approx(4 / 5)
+    assert metrics.accuracy_at(rows) == pytest.approx(7 / 10)
+    assert metrics.sensitivity_at(rows, 0.1) == 1.0 and metrics.specificity_at(rows, 0.1) == 0.0  # p >= t
+    assert metrics.specificity_at(rows_from([1], [0.9])) is None
+    assert [r["predicted"] for r in rows] == [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]  # the rows given are not changed
+
+
 # --------------------------------------------------------------------------------------------- phantom
 def test_phantom_layout_dicom_tags_and_determinism(tiny_data, tmp_path):
     import pydicom
@@ -638,6 +652,11 @@ def test_train_evaluate_infer_outputs(trained):
             assert int(row["predicted"]) == int(p >= threshold), (row, threshold)
     labels, predicted = [int(r["label"]) for r in per_case], [int(r["predicted"]) for r in per_case]
     assert metrics["accuracy"] == pytest.approx(np.mean(np.array(labels) == np.array(predicted)))
+    at_half = [int(float(r["p_malignant"]) >= 0.5) for r in per_case]  # 0.5 means the same before calibration
+    if all(abs(float(r["p_malignant"]) - 0.5) > 5e-6 for r in per_case):  # the CSV keeps 6 significant digits
+        assert at_half == [int(float(r["p_malignant_uncalibrated"]) >= 0.5) for r in per_case]
+        assert metrics["accuracy_at_0_5"] == pytest.approx(np.mean(np.array(labels) == np.array(at_half)))
+    assert "sensitivity_at_0_5_ci95" in metrics and "specificity_at_0_5_ci95" in metrics
     for name in ("ece", "ece_uncalibrated", "brier"):
         assert 0.0 <= metrics[name] <= 1.0 and len(metrics[f"{name}_ci95"]) == 2
     from common.calibration import brier_score, expected_calibration_error

@@ -520,6 +520,48 @@ def test_patch_gradcam_overlays_named_after_the_input(tmp_path, trained):
     assert np.asarray(Image.open(tmp_path / "out" / "predictions" / written[0])).shape == (384, 384, 3)
 
 
+def test_patch_mask_is_the_truth_behind_the_label_and_draws_like_make_patch():
+    phantom, tissue = mod("phantom"), mod("tissue")
+    for seed in range(6):
+        image, label = phantom.make_patch(np.random.default_rng(seed), True, tissue.TEST_SITE)
+        image2, label2, mask = phantom.make_patch_with_mask(np.random.default_rng(seed), True, tissue.TEST_SITE)
+        assert np.array_equal(image, image2) and label == label2  # same draws: the data sets stay bit-identical
+        assert mask.shape == (96, 96) and mask.dtype == bool
+        assert label == int(mask[32:64, 32:64].any())
+
+
+def test_cam_faithfulness_hand_computed():
+    bench = mod("benchmark")
+    masks = np.zeros((2, 4, 4), bool)
+    masks[0, :, :2] = True  # half the patch: a uniform map puts 0.5 of its mass inside
+    masks[1, :2, :2] = True  # a quarter: 0.25
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    exact = bench.cam_faithfulness(lambda x: masks[: len(x)].astype(float), images, masks, batch=2)
+    assert exact["cam_in_tumour"] == 1.0 and exact["tumour_area_fraction"] == 0.375
+    assert exact["cam_minus_uniform"] == 0.625 and exact["cam_beats_uniform"] is True
+    assert exact["cam_beats_uniform_share"] == 1.0 and exact["cam_num_patches"] == 2
+    uniform = bench.cam_faithfulness(lambda x: np.ones((len(x), 4, 4)), images, masks, batch=1)
+    assert uniform["cam_in_tumour"] == pytest.approx(0.375) and uniform["cam_minus_uniform"] == pytest.approx(0.0)
+    assert uniform["cam_beats_uniform"] is False and uniform["cam_beats_uniform_share"] == 0.0
+    # a map on the wrong side: mass 0 inside, 0.375 below the uniform map
+    wrong = bench.cam_faithfulness(lambda x: (~masks[: len(x)]).astype(float), images, masks)
+    assert wrong["cam_in_tumour"] == 0.0 and wrong["cam_minus_uniform"] == pytest.approx(-0.375)
+    assert wrong["cam_beats_uniform"] is False
+    empty = bench.cam_faithfulness(lambda x: np.zeros((len(x), 4, 4)), images, masks)
+    assert empty["cam_num_patches"] == 0 and empty["cam_empty_maps"] == 2 and empty["cam_in_tumour"] is None
+
+
+def test_gradcam_faithfulness_runs_on_the_trained_network(trained):
+    bench = mod("benchmark")
+    images, masks = bench.tumour_patches_with_masks(3, seed=0)
+    assert images.shape == (3, 96, 96, 3) and images.dtype == np.uint8 and masks.shape == (3, 96, 96)
+    assert all(0.05 <= m.mean() <= 0.9 for m in masks)
+    result = bench.cam_faithfulness(bench.gradcam_of(trained / "models" / "model.pt"), images, masks)
+    assert result["cam_num_patches"] + result["cam_empty_maps"] == 3
+    assert result["tumour_area_fraction"] is None or 0.05 <= result["tumour_area_fraction"] <= 0.9
+    assert result["cam_in_tumour"] is None or 0.0 <= result["cam_in_tumour"] <= 1.0
+
+
 def test_two_process_torchrun_checkpoint_loads_single_process(dataset, tmp_path):
     out = tmp_path / "ddp"
     run_monai_bundle(["--nproc_per_node=2", "-m", "monai.bundle", "run", "--config_file",

@@ -67,6 +67,30 @@ def specificity(rows: Rows) -> float | None:
     return _ratio(c["tn"], c["tn"] + c["fp"])
 
 
+def at_threshold(rows: Rows, threshold: float) -> list[dict[str, Any]]:
+    """The rows relabelled at another operating point: ``predicted`` = 1 where ``p_malignant >= threshold``."""
+    return [{**r, "predicted": int(float(r["p_malignant"]) >= float(threshold))} for r in rows]
+
+
+def accuracy_at(rows: Rows, threshold: float = 0.5) -> float | None:
+    """:func:`accuracy` with the labels of :func:`at_threshold` (metrics.json ``accuracy_at_0_5``: the fixed 0.5 of
+    the uncalibrated network, beside ``accuracy`` at the recorded threshold). With two logits, softmax(z / T) >= 0.5
+    exactly when z_malignant >= z_benign, so 0.5 means the same before and after temperature scaling."""
+    return accuracy(at_threshold(rows, threshold))
+
+
+def sensitivity_at(rows: Rows, threshold: float = 0.5) -> float | None:
+    """:func:`sensitivity` with the labels of :func:`at_threshold` (``sensitivity_at_0_5``); None without a
+    malignant case."""
+    return sensitivity(at_threshold(rows, threshold))
+
+
+def specificity_at(rows: Rows, threshold: float = 0.5) -> float | None:
+    """:func:`specificity` with the labels of :func:`at_threshold` (``specificity_at_0_5``); None without a benign
+    case."""
+    return specificity(at_threshold(rows, threshold))
+
+
 def auc(rows: Rows) -> float | None:
     """Area under the ROC curve: P(score of a malignant case > score of a benign one), ties counting 1/2."""
     y, s, _ = _arrays(rows)

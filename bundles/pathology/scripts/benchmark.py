@@ -4,7 +4,9 @@ Synthesizes a training set and a held-out set (different seeds; the held-out tes
 never seen in training), trains with the demo settings with and without stain normalisation (the ablation), once
 per training seed, evaluates every run on the held-out test split, fits the colour-statistics baseline (logistic
 regression on the mean and standard deviation of the H and E channels of ``skimage.color.rgb2hed``), measures
-inference throughput and the time for one ``--slide_size`` square slide, and writes everything to a JSON file.
+inference throughput and the time for one ``--slide_size`` square slide, checks where Grad-CAM points on phantom
+tumour patches whose tumour mask the generator knows (``gradcam_faithfulness``: CAM mass inside the tumour against
+the tumour's area fraction, what a uniform map scores), and writes everything to a JSON file.
 
 Run from the repository root:
     .venv/bin/python bundles/pathology/scripts/benchmark.py --work_dir /tmp/pathology_bench --output bench.json
@@ -129,6 +131,99 @@ def throughput(num_patches: int = 512, batch: int = 64) -> dict[str, float]:
     return result
 
 
+def tumour_patches_with_masks(num_patches: int, seed: int, site: int | None = None, min_fraction: float = 0.05,
+                              max_fraction: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+    """``num_patches`` phantom tumour patches (PCam label 1) of staining ``site`` (default: the unseen test site)
+    whose tumour covers between ``min_fraction`` and ``max_fraction`` of the patch, with the generator's tumour masks:
+    ``(N, 96, 96, 3)`` uint8 and ``(N, 96, 96)`` bool. Patches covered by tumour all over (60 % of the phantom's
+    tumour patches) are left out: a uniform map would already score 1 there, so they test nothing.
+
+    Raises:
+        RuntimeError: fewer than ``num_patches`` such patches in ``200 * num_patches`` draws.
+    """
+    sys.path.insert(0, str(BUNDLE))
+    from scripts.phantom import make_patch_with_mask
+    from scripts.tissue import TEST_SITE
+
+    rng = np.random.default_rng([int(seed), 15])
+    images, masks = [], []
+    for _ in range(200 * int(num_patches)):
+        if len(images) == int(num_patches):
+            break
+        image, label, mask = make_patch_with_mask(rng, True, TEST_SITE if site is None else int(site))
+        if label == 1 and min_fraction <= mask.mean() <= max_fraction:
+            images.append(image)
+            masks.append(mask)
+    if len(images) < int(num_patches):
+        raise RuntimeError(f"only {len(images)} of {num_patches} phantom patches with a partial tumour mask")
+    return np.stack(images), np.stack(masks)
+
+
+def cam_faithfulness(cam_of, images: np.ndarray, masks: np.ndarray, batch: int = 32, n_resamples: int = 1000,
+                     seed: int = 0) -> dict:
+    """Where Grad-CAM points on patches whose tumour mask is known (issue 15's faithfulness check).
+
+    Args:
+        cam_of: maps a ``(B, 96, 96, 3)`` uint8 batch to ``(B, 96, 96)`` maps (e.g. :func:`gradcam_of`).
+        images, masks: ``(N, 96, 96, 3)`` patches and their ``(N, 96, 96)`` tumour masks.
+
+    Returns:
+        ``cam_in_tumour``: mean over patches of the share of the CAM's mass inside the tumour
+        (``common.explain.mass_inside``); ``tumour_area_fraction``: mean share of the patch the tumour covers (what a
+        uniform map scores, ``common.explain.area_fraction``); ``cam_minus_uniform`` (their mean paired difference)
+        with its 95 % percentile bootstrap interval over patches ``cam_minus_uniform_ci95``; ``cam_beats_uniform``
+        (the interval lies above 0), ``cam_beats_uniform_share`` (patches where the CAM scores above the uniform
+        map); ``cam_num_patches``; ``cam_empty_maps`` (all-zero or non-finite maps, left out of the means).
+    """
+    sys.path.insert(0, str(REPO))
+    from common.evaluation import bootstrap_ci
+    from common.explain import area_fraction, mass_inside
+
+    inside, uniform, empty = [], [], 0
+    for start in range(0, len(images), int(batch)):
+        heats = np.asarray(cam_of(images[start:start + int(batch)]), dtype=np.float64)
+        for heat, mask in zip(heats, masks[start:start + int(batch)]):
+            share = mass_inside(heat, mask) if np.isfinite(heat).all() else None
+            if share is None:
+                empty += 1
+                continue
+            inside.append(share)
+            uniform.append(area_fraction(mask))
+    inside_a, uniform_a = np.asarray(inside), np.asarray(uniform)
+    diff = inside_a - uniform_a
+    ci = bootstrap_ci(lambda idx: float(diff[idx].mean()), len(diff), n_resamples, seed) if len(diff) else None
+    return {"cam_in_tumour": float(inside_a.mean()) if len(diff) else None,
+            "tumour_area_fraction": float(uniform_a.mean()) if len(diff) else None,
+            "cam_minus_uniform": float(diff.mean()) if len(diff) else None,
+            "cam_minus_uniform_ci95": list(ci) if ci else None,
+            "cam_beats_uniform": bool(ci is not None and ci[0] > 0),
+            "cam_beats_uniform_share": float((diff > 0).mean()) if len(diff) else None,
+            "cam_num_patches": int(len(diff)), "cam_empty_maps": int(empty)}
+
+
+def gradcam_of(ckpt_path: str | Path, device: str = "cpu"):
+    """The tumour-logit Grad-CAM of a trained checkpoint as a function of uint8 ``(B, 96, 96, 3)`` patches, through
+    ``inference.json``'s preprocessing (stain normalisation as recorded beside the checkpoint), network and
+    ``explain_layer`` (``common.explain.GradCam``, MONAI's ``GradCAM``)."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    sys.path.insert(0, str(BUNDLE))
+    from common.checkpoint import load_network_weights
+    from common.explain import GradCam
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["ckpt_path"] = str(ckpt_path)
+    parser["device"] = f"$torch.device('{device}')"
+    net = parser.get_parsed_content("network_def")
+    load_network_weights(net, str(ckpt_path))
+    net = net.to(device).eval()
+    pre = parser.get_parsed_content("preprocessing")
+    cam = GradCam(net, parser.get_parsed_content("explain_layer"), class_idx=0)
+    return lambda patches: cam(torch.stack([torch.as_tensor(pre(p)) for p in patches]).to(device))
+
+
 def big_slide(path: Path, size: int, seed: int, block: int = 2048) -> float:
     """Write a ``size`` square pyramidal slide made of tiled copies of one rendered ``block`` square slide (rendering
     8192 x 8192 pixels nucleus by nucleus would dominate the benchmark; the inference cost depends only on the size
@@ -167,6 +262,9 @@ def main(args: argparse.Namespace) -> dict:
         aucs = [r["auc"] for r in runs]
         results[name] = {**runs[0], "auc_over_seeds": aucs, "auc_mean_over_seeds": float(np.mean(aucs)),
                          "auc_min_over_seeds": float(np.min(aucs)), "runs": runs}
+    images, masks = tumour_patches_with_masks(args.num_cam, args.seed + 2)
+    results["gradcam_faithfulness"] = cam_faithfulness(
+        gradcam_of(work / "with_stain_normalisation" / "models" / "model.pt"), images, masks)
     results["baseline_colour_stats_auc"] = baseline_auc(train_dir, test_dir, False, args.seed)
     results["baseline_colour_stats_auc_on_normalised"] = baseline_auc(train_dir, test_dir, True, args.seed)
     results["throughput"] = throughput()
@@ -188,6 +286,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", default="pathology_benchmark.json", help="JSON file of the results")
     parser.add_argument("--num_train", type=int, default=2000, help="synthetic training patches")
     parser.add_argument("--num_test", type=int, default=500, help="held-out test patches (unseen staining site)")
+    parser.add_argument("--num_cam", type=int, default=200,
+                        help="phantom tumour patches (unseen site, partial tumour) for the Grad-CAM faithfulness check")
     parser.add_argument("--slide_size", type=int, default=8192, help="side of the slide timed for inference")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training set; held-out uses seed + 1")
     parser.add_argument("--train_seeds", default="0,1,2",

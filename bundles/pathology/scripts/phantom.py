@@ -58,13 +58,23 @@ def patch_scene(rng: np.random.Generator, tumour: bool) -> Scene:
 
 def make_patch(rng: np.random.Generator, tumour: bool, site_index: int) -> tuple[np.ndarray, int]:
     """One 96 x 96 x 3 uint8 patch and its PCam label (tumour in the centre 32 x 32 region)."""
+    image, label, _ = make_patch_with_mask(rng, tumour, site_index)
+    return image, label
+
+
+def make_patch_with_mask(rng: np.random.Generator, tumour: bool, site_index: int
+                         ) -> tuple[np.ndarray, int, np.ndarray]:
+    """:func:`make_patch` plus the generator's tumour mask of the whole patch, ``(96, 96)`` bool (True = tumour
+    tissue), the truth for checking where an explanation points. Draws exactly what :func:`make_patch` draws from
+    ``rng`` (the mask needs no random number), so both give the same patch for the same generator state."""
     scene = patch_scene(rng, tumour)
     nuclei = sample_nuclei(rng, scene, -MARGIN, -MARGIN, PATCH + 2 * MARGIN, PATCH + 2 * MARGIN)
     image = render(rng, scene, SITES[site_index], 0, 0, PATCH, PATCH, nuclei, rng,
                    e_level=float(rng.uniform(0.25, 0.45)), jitter=tuple(rng.uniform(0.75, 1.25, 2).tolist()))
-    yy, xx = np.mgrid[CENTRE, CENTRE]
-    label = int(scene.maps(yy.astype(float), xx.astype(float))[1].any())
-    return image, label
+    yy, xx = np.mgrid[0:PATCH, 0:PATCH].astype(float)
+    mask = scene.maps(yy, xx)[1]
+    label = int(mask[CENTRE, CENTRE].any())
+    return image, label, mask
 
 
 def write_pcam(path_x: str | Path, path_y: str | Path, images: np.ndarray, labels: np.ndarray) -> None:
