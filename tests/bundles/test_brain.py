@@ -59,6 +59,50 @@ def test_phantom_is_deterministic_and_seeded(mods):
     assert not np.array_equal(a_images["flair"], c_images["flair"]), "another seed must give another case"
 
 
+def test_scanner_response_hand_computed(mods):
+    phantom = mods["phantom"]
+    image = np.full((3, 1, 1), 0.25, np.float32)
+    assert phantom.apply_scanner(image, "A") is image  # the default scanner leaves the image as it was
+    # "B": 0.25 ** 0.6 = 0.43528, times exp(0.4 * u) with u = -1, 0, 1 along x
+    expected = 0.25 ** 0.6 * np.exp(0.4 * np.array([-1.0, 0.0, 1.0]))
+    np.testing.assert_allclose(phantom.apply_scanner(image, "B")[:, 0, 0], expected, rtol=1e-6)
+    # "C": 0.25 ** 1.5 = 0.125, times exp(-0.3 * u) along z
+    np.testing.assert_allclose(phantom.apply_scanner(image.reshape(1, 1, 3), "C")[0, 0],
+                               0.125 * np.exp(-0.3 * np.array([-1.0, 0.0, 1.0])), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"unknown scanner 'Z': choose one of \['A', 'B', 'C'\]"):
+        phantom.write_dataset("/nonexistent/never_written", num_cases=1, scanner="Z")
+
+
+def test_scanner_shift_changes_contrast_and_bias_not_the_anatomy(mods):
+    phantom = mods["phantom"]
+    cases = {s: phantom.make_case(3, 1, spacing=7.0, scanner=s) for s in ("A", "B", "C")}
+    default = phantom.make_case(3, 1, spacing=7.0)
+    again = phantom.make_case(3, 1, spacing=7.0, scanner="B")
+    for seq in SEQUENCES:
+        np.testing.assert_array_equal(default[0][seq], cases["A"][0][seq])
+        np.testing.assert_array_equal(again[0][seq], cases["B"][0][seq])  # one scanner: deterministic
+    for images, label, affine in cases.values():
+        np.testing.assert_array_equal(label, cases["A"][1])
+        np.testing.assert_array_equal(affine, cases["A"][2])
+    t1 = {s: c[0]["t1"].astype(np.float64) for s, c in cases.items()}
+    assert not np.array_equal(t1["A"], t1["B"]) and not np.array_equal(t1["A"], t1["C"])
+    # voxel by voxel, log(S / A) = (contrast - 1) log I + bias u: the case's own field, scale and noise draws cancel
+    # (the same draws on every scanner). A least-squares fit on u and log A (A stands for the noise-free I, so the
+    # contrast coefficient is diluted towards 0 by the case's bias field and noise) over the brighter 70 % of the head
+    head = t1["A"] > 0
+    voxels = head & (t1["A"] > np.percentile(t1["A"][head], 30))
+    for scanner in ("B", "C"):
+        response = phantom.SCANNERS[scanner]
+        n = t1["A"].shape[response["axis"]]
+        u = np.linspace(-1.0, 1.0, n).reshape([n if a == response["axis"] else 1 for a in range(3)]) + 0 * t1["A"]
+        log_a = np.log(t1["A"][voxels])
+        design = np.stack([u[voxels], log_a - log_a.mean(), np.ones_like(log_a)], axis=1)
+        bias, contrast, _ = np.linalg.lstsq(design, np.log(t1[scanner][voxels] / t1["A"][voxels]), rcond=None)[0]
+        assert bias == pytest.approx(response["bias"], abs=0.05), (scanner, bias)  # B: +0.4 along x; C: -0.3 along z
+        low, high = sorted((0.5 * (response["contrast"] - 1), response["contrast"] - 1))
+        assert low <= contrast <= high, (scanner, contrast)  # B: flatter (0.6 - 1 = -0.4); C: harder (+0.5)
+
+
 def test_phantom_layout_and_label_convention(tiny_data):
     cases = sorted(p.name for p in tiny_data.iterdir())
     assert cases == [f"BraTS2021_{i:05d}" for i in range(TINY["num_cases"])]

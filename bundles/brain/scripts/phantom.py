@@ -17,8 +17,9 @@ FLAIR      0.45   0.62    0.12   0.40   0.88   0.75   0.90   0.30
 Oedema is bright on FLAIR and T2 but not on T1ce; ET is like grey matter except on T1ce; the core is dark on T1 and
 T1ce and bright on T2 (like CSF, so it is told apart by its place inside the enhancing rim). Unlabelled mimics defeat
 per-voxel thresholds: white-matter hyperintensities (WMH) look like oedema, enhancing meninges and choroid plexus
-("vessel") look like ET. Then a smooth multiplicative bias field, Rician noise and a per-case, per-sequence intensity
-scale are applied. Files are written in the BraTS 2021 layout
+("vessel") look like ET. Then the simulated scanner's contrast and site bias (``scanner``, :data:`SCANNERS`; "A"
+changes nothing), a smooth multiplicative bias field, Rician noise and a per-case, per-sequence intensity scale are
+applied. Files are written in the BraTS 2021 layout
 ``D/BraTS2021_XXXXX/BraTS2021_XXXXX_{t1,t1ce,t2,flair,seg}.nii.gz`` with an LPS-like affine (x and y axes flipped,
 as in the released BraTS files), so the bundle's orientation handling is exercised. Everything is seeded: case ``i``
 of seed ``s`` depends only on ``(s, i)`` and the sizes, never on global random state.
@@ -56,6 +57,45 @@ INTENSITY = {
     "wmh": (0.66, 0.66, 0.80, 0.90),  # non-tumour white-matter hyperintensities: oedema-like on FLAIR and T2
     "vessel": (0.30, 1.20, 0.50, 0.30),  # enhancing meninges, vessels and choroid plexus: ET-like on T1ce
 }
+#: Simulated scanners (site shift for transfer experiments, docs/fine-tuning.md), the same ids as the breast
+#: phantom's: ``contrast``, an exponent on the noise-free tissue intensities (below 1 flattens the tissue contrast,
+#: as a different sequence timing does; intensities lie in [0, 1.25]); ``bias``, the strength of a site-wide
+#: multiplicative field ``exp(bias * u)`` with ``u`` running from -1 to 1 across the field of view along ``axis``
+#: (0 = x, left-right; 2 = z, inferior-superior), as a receive coil's sensitivity profile. Both act before each
+#: case's own random bias field and noise, and use no random numbers, so every scanner sees the same anatomy and
+#: noise draws. "A" is the default and leaves every image as before.
+SCANNERS = {"A": {"contrast": 1.0, "bias": 0.0, "axis": 0},
+            "B": {"contrast": 0.6, "bias": 0.4, "axis": 0},
+            "C": {"contrast": 1.5, "bias": -0.3, "axis": 2}}
+
+
+def scanner_response(scanner: str) -> dict:
+    """The response of a simulated scanner of :data:`SCANNERS`.
+
+    Raises:
+        ValueError: an unknown scanner name (the message lists the known ones).
+    """
+    if str(scanner) not in SCANNERS:
+        raise ValueError(f"unknown scanner {scanner!r}: choose one of {sorted(SCANNERS)}")
+    return SCANNERS[str(scanner)]
+
+
+def apply_scanner(image: np.ndarray, scanner: str = "A") -> np.ndarray:
+    """A noise-free 3D intensity image as ``scanner`` sees it: ``image ** contrast * exp(bias * u)`` (see
+    :data:`SCANNERS`); the same array, untouched, for scanner "A". float32, the input's shape.
+
+    Raises:
+        ValueError: an unknown scanner.
+    """
+    response = scanner_response(scanner)
+    if response["contrast"] == 1.0 and response["bias"] == 0.0:
+        return image
+    out = np.power(np.clip(image, 0.0, None), response["contrast"])
+    axis, n = response["axis"], image.shape[response["axis"]]
+    u = np.linspace(-1.0, 1.0, n).reshape([n if a == axis else 1 for a in range(image.ndim)])
+    return (out * np.exp(response["bias"] * u)).astype(np.float32)
+
+
 #: field of view in MNI world coordinates (mm): the brain plus a skull and scalp shell
 FOV_MM = ((-84.0, 84.0), (-120.0, 86.0), (-78.0, 96.0))
 
@@ -186,17 +226,24 @@ def _mimics(anatomy: dict[str, np.ndarray], label: np.ndarray, spacing: float,
     return {"wmh": (wmh & (label == 0)).astype(np.float32), "vessel": (vessel & (label == 0)).astype(np.float32)}
 
 
-def make_case(seed: int, index: int, spacing: float = 3.0) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def make_case(seed: int, index: int, spacing: float = 3.0, scanner: str = "A"
+              ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """One synthetic case in RAS orientation.
 
     Args:
         seed: the dataset seed. index: the case index; the case depends only on ``(seed, index, spacing)``.
         spacing: isotropic voxel size in mm (3.0 gives a 56×69×58 grid; 1.0 the full 168×206×174).
+        scanner: the simulated scanner (:data:`SCANNERS`, :func:`apply_scanner`); the anatomy, label and noise draws
+            do not depend on it.
+
+    Raises:
+        ValueError: an unknown scanner.
 
     Returns:
         ``(images, label, affine)``: the four sequences (float32, by name), the BraTS label map (uint8) and the
         RAS affine.
     """
+    scanner_response(scanner)
     rng = np.random.default_rng([int(seed), int(index)])
     shape, affine = grid(spacing)
     anatomy = _anatomy(shape, affine, spacing, rng)
@@ -218,6 +265,7 @@ def make_case(seed: int, index: int, spacing: float = 3.0) -> tuple[dict[str, np
         for tissue, frac in fractions.items():
             texture = 1.0 + 0.06 * _smooth_noise(shape, rng, cells=10)
             img += frac * INTENSITY[tissue][s] * texture
+        img = apply_scanner(img, scanner)
         img *= np.exp(0.3 * _smooth_noise(shape, rng, cells=3))  # bias field
         noise_sd = 0.05 * rng.uniform(0.7, 1.3)
         img = np.sqrt((img + noise_sd * rng.standard_normal(shape)) ** 2 + (noise_sd * rng.standard_normal(shape)) ** 2)
@@ -241,9 +289,9 @@ def case_id(index: int) -> str:
     return f"BraTS2021_{index:05d}"
 
 
-def write_case(dataset_dir: str | Path, seed: int, index: int, spacing: float = 3.0) -> Path:
+def write_case(dataset_dir: str | Path, seed: int, index: int, spacing: float = 3.0, scanner: str = "A") -> Path:
     """Write case ``index`` into ``dataset_dir/BraTS2021_XXXXX/`` (each file atomically); return its folder."""
-    images, label, affine = make_case(seed, index, spacing)
+    images, label, affine = make_case(seed, index, spacing, scanner)
     cid = case_id(index)
     folder = Path(str(dataset_dir)) / cid
     for seq, img in images.items():
@@ -254,20 +302,23 @@ def write_case(dataset_dir: str | Path, seed: int, index: int, spacing: float = 
     return folder
 
 
-def write_dataset(dataset_dir: str | Path, num_cases: int = 24, seed: int = 0, spacing: float = 3.0) -> list[Path]:
-    """Write ``num_cases`` synthetic cases in the BraTS 2021 layout (one folder of cases: BraTS has no split).
+def write_dataset(dataset_dir: str | Path, num_cases: int = 24, seed: int = 0, spacing: float = 3.0,
+                  scanner: str = "A") -> list[Path]:
+    """Write ``num_cases`` synthetic cases in the BraTS 2021 layout (one folder of cases: BraTS has no split), as
+    seen by the simulated ``scanner`` (:data:`SCANNERS`: "A" default, "B", "C"; a site shift, same anatomy).
 
     A held-out set is another call with another ``seed`` and ``dataset_dir``.
 
     Raises:
-        ValueError: ``num_cases`` < 1 or ``spacing`` not positive.
+        ValueError: ``num_cases`` < 1, ``spacing`` not positive or an unknown scanner (before anything is written).
     """
     if int(num_cases) < 1:
         raise ValueError(f"num_cases must be at least 1, got {num_cases}.")
+    scanner_response(scanner)
     grid(float(spacing))
     dataset_dir = Path(str(dataset_dir))
     logger.info("writing %d synthetic BraTS cases (seed %d, %.1f mm) to %s", num_cases, seed, spacing, dataset_dir)
-    return [write_case(dataset_dir, int(seed), i, float(spacing)) for i in range(int(num_cases))]
+    return [write_case(dataset_dir, int(seed), i, float(spacing), str(scanner)) for i in range(int(num_cases))]
 
 
 def ensure_dataset(dataset_dir: str | Path, default_dir: str | Path, num_cases: int, seed: int,
@@ -285,8 +336,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_cases", type=int, default=24, help="number of cases")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed")
     parser.add_argument("--spacing", type=float, default=3.0, help="isotropic voxel size in mm")
+    parser.add_argument("--scanner", default="A", choices=sorted(SCANNERS), help="simulated scanner (site shift)")
     args = parser.parse_args(argv)
-    write_dataset(args.dataset_dir, args.num_cases, args.seed, args.spacing)
+    write_dataset(args.dataset_dir, args.num_cases, args.seed, args.spacing, args.scanner)
 
 
 if __name__ == "__main__":
