@@ -82,6 +82,50 @@ def test_volume_ef_mass_hand_computed(bundle_module):
     assert clinical.ejection_fraction(0.0, 0.0) is None
 
 
+def test_scanner_response_hand_computed(bundle_module):
+    phantom = bundle_module(AREA, "phantom")
+    image = np.full((3, 1, 1), 0.25, np.float32)
+    x = np.array([-100.0, 0.0, 100.0]).reshape(3, 1, 1)  # mm, a 200 mm field of view: u = -1, 0, 1
+    assert phantom.apply_scanner(image, (x, 0 * x), 200.0, "A") is image
+    # "B": 0.25 ** 0.7 = 0.37893, times exp(0.35 u) along the first axis
+    np.testing.assert_allclose(phantom.apply_scanner(image, (x, 0 * x), 200.0, "B")[:, 0, 0],
+                               0.25 ** 0.7 * np.exp(0.35 * np.array([-1.0, 0.0, 1.0])), rtol=1e-6)
+    # "C": 0.25 ** 1.4 = 0.14359, times exp(-0.3 u) along the second axis (here all at u = 0)
+    np.testing.assert_allclose(phantom.apply_scanner(image, (x, 0 * x), 200.0, "C"), 0.25 ** 1.4, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"unknown scanner 'Z': choose one of \['A', 'B', 'C'\]"):
+        phantom.write_dataset("/nonexistent/never_written", num_cases=1, scanner="Z")
+
+
+def test_scanner_shift_changes_contrast_and_bias_not_the_anatomy(bundle_module):
+    from scipy import ndimage
+
+    phantom = bundle_module(AREA, "phantom")
+
+    def render(*scanner):
+        rng = np.random.default_rng(np.random.SeedSequence([0, 1]))
+        p = phantom.draw_patient_parameters(rng)
+        return p, *phantom.render_phase(p, "ED", 96, rng, *scanner)
+
+    p, label, a = render()
+    assert np.array_equal(a, render("A")[2]) and np.array_equal(render("B")[2], render("B")[2])
+    coords = (np.arange(96) + 0.5) * p["fov"] / 96 - p["fov"] / 2
+    blood = ndimage.binary_erosion(np.isin(label, (1, 3)), np.ones((3, 3, 1), bool))  # LV and RV, edges left out
+    blood &= a > 0.5 * np.median(a[blood])  # without the papillary muscles (myocardial intensity)
+    for scanner in ("B", "C"):
+        response = phantom.SCANNERS[scanner]
+        _, label_s, image = render(scanner)
+        assert np.array_equal(label_s, label) and not np.array_equal(image, a)
+        # blood (0.95 before the scanner) everywhere: log(S / A) = bias * u + (contrast - 1) log 0.95
+        u = np.meshgrid(coords, coords, indexing="ij")[response["axis"]][..., None] / (p["fov"] / 2) + 0 * a
+        ratio = np.log(image[blood].astype(float) / a[blood])
+        slope, offset = np.polyfit(u[blood], ratio, 1)
+        assert slope == pytest.approx(response["bias"], abs=0.05), (scanner, slope)  # B: +0.35; C: -0.3
+        # blood/myocardium contrast: (0.95 / 0.28) ** (contrast - 1) times that of scanner A (B 0.69, C 1.63)
+        myo = label == 2
+        change = (np.median(image[blood]) / np.median(image[myo])) / (np.median(a[blood]) / np.median(a[myo]))
+        assert change == pytest.approx((0.95 / 0.28) ** (response["contrast"] - 1), rel=0.1), (scanner, change)
+
+
 def test_ellipsoid_volume_ef_and_mass(bundle_module):
     """Analytic ellipsoids: V = 4/3 pi a b c; EF from two ellipsoids; mass of a shell at 1.05 g/ml."""
     clinical = bundle_module(AREA, "clinical")

@@ -7,8 +7,10 @@ and ES the LV shortens along its long axis (the base descends towards a fixed ap
 per-patient ejection fraction drawn from 20-70 % (reduced EF patients get dilated ventricles); the wall thickens
 at constant myocardial area. Papillary muscles and trabeculation (myocardial intensity, labelled as cavity as in
 ACDC) lie inside the cavity; lungs, body wall, subcutaneous and epicardial fat surround the heart; a surface-coil
-intensity falloff, blur and Rician noise complete the image. ``Info.cfg`` holds ED/ES, NbFrame, Group, Height,
-Weight as ACDC does, plus ``EF_LV`` / ``EF_RV``: the ejection fractions of the written ground-truth masks.
+intensity falloff, blur and Rician noise complete the image; a simulated scanner (``scanner``, :data:`SCANNERS`; "A"
+changes nothing) may first change the tissue contrast and add a site-wide intensity gradient. ``Info.cfg`` holds
+ED/ES, NbFrame, Group, Height, Weight as ACDC does, plus ``EF_LV`` / ``EF_RV``: the ejection fractions of the written
+ground-truth masks.
 """
 
 from __future__ import annotations
@@ -25,6 +27,45 @@ from common.io import save_nifti, write_text
 from scripts.clinical import LV, MYO, RV, clinical_indices
 
 logger = logging.getLogger(__name__)
+
+#: Simulated scanners (site shift for transfer experiments, docs/fine-tuning.md), the same ids as the breast and
+#: brain phantoms': ``contrast``, an exponent on the noise-free tissue intensities in [0, 1] (above 1 darkens
+#: myocardium against blood, i.e. raises the blood-myocardium contrast; below 1 flattens it); ``bias``, the strength
+#: of a site-wide multiplicative field ``exp(bias * u)``, ``u = coordinate / (fov / 2)`` from -1 to 1 across the
+#: field of view along ``axis`` (0 = the image's first axis, 1 = its second), a receive-coil profile on top of each
+#: patient's own coil falloff. Applied before the falloff, blur and noise, with no random number, so every scanner
+#: sees the same anatomy and noise draws. "A" is the default and leaves every image as before.
+SCANNERS = {"A": {"contrast": 1.0, "bias": 0.0, "axis": 0},
+            "B": {"contrast": 0.7, "bias": 0.35, "axis": 0},
+            "C": {"contrast": 1.4, "bias": -0.3, "axis": 1}}
+
+
+def scanner_response(scanner: str) -> dict:
+    """The response of a simulated scanner of :data:`SCANNERS`.
+
+    Raises:
+        ValueError: an unknown scanner name (the message lists the known ones).
+    """
+    if str(scanner) not in SCANNERS:
+        raise ValueError(f"unknown scanner {scanner!r}: choose one of {sorted(SCANNERS)}")
+    return SCANNERS[str(scanner)]
+
+
+def apply_scanner(image: np.ndarray, coordinates: tuple[np.ndarray, np.ndarray], fov: float,
+                  scanner: str = "A") -> np.ndarray:
+    """A noise-free image as ``scanner`` sees it: ``image ** contrast * exp(bias * u)`` with ``u`` the in-plane
+    coordinate (mm, centred, broadcastable to the image) of ``axis`` divided by ``fov / 2`` (see :data:`SCANNERS`);
+    the same array, untouched, for scanner "A". float32, the image's shape.
+
+    Raises:
+        ValueError: an unknown scanner.
+    """
+    response = scanner_response(scanner)
+    if response["contrast"] == 1.0 and response["bias"] == 0.0:
+        return image
+    u = coordinates[response["axis"]] / (float(fov) / 2.0)
+    return (np.power(np.clip(image, 0.0, None), response["contrast"]) * np.exp(response["bias"] * u)
+            ).astype(np.float32)
 
 
 def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, ra: np.ndarray, rb: np.ndarray,
@@ -80,8 +121,10 @@ def _phase_geometry(p: dict[str, Any], phase: str) -> dict[str, float]:
             "z_base": p["z_base"] + shift, "rv_scale": math.sqrt(1 - p["rvef_target"] / 100)}
 
 
-def render_phase(p: dict[str, Any], phase: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Label map (uint8: 0 bg, 1 RV, 2 MYO, 3 LV) and image (int16) of one phase, shape (size, size, n_slices)."""
+def render_phase(p: dict[str, Any], phase: str, size: int, rng: np.random.Generator,
+                 scanner: str = "A") -> tuple[np.ndarray, np.ndarray]:
+    """Label map (uint8: 0 bg, 1 RV, 2 MYO, 3 LV) and image (int16) of one phase, shape (size, size, n_slices), as
+    the simulated ``scanner`` sees it (:func:`apply_scanner`; the label and the random draws do not depend on it)."""
     g, s = _phase_geometry(p, phase), p["fov"] / size
     coords = (np.arange(size) + 0.5) * s - p["fov"] / 2
     x, y = np.meshgrid(coords, coords, indexing="ij")
@@ -97,12 +140,12 @@ def render_phase(p: dict[str, Any], phase: str, size: int, rng: np.random.Genera
     rv = _ellipse(x, y, cx + d * math.cos(p["rv_dir"]), cy + d * math.sin(p["rv_dir"]), ra, rb, p["rv_dir"]) & ~epi
     label = np.zeros(x.shape[:2] + z.shape, np.uint8)
     label[rv], label[epi], label[cavity] = RV, MYO, LV
-    return label, _render_image(p, label, x, y, z, g, s, rng)
+    return label, _render_image(p, label, x, y, z, g, s, rng, scanner)
 
 
 def _render_image(p: dict[str, Any], label: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray,
-                  g: dict[str, float], s: float, rng: np.random.Generator) -> np.ndarray:
-    """bSSFP-like intensities around the label map, with coil falloff, blur and Rician noise."""
+                  g: dict[str, float], s: float, rng: np.random.Generator, scanner: str = "A") -> np.ndarray:
+    """bSSFP-like intensities around the label map, the scanner's response, coil falloff, blur and Rician noise."""
     fov, shape = p["fov"], label.shape
     img = np.zeros(shape, np.float32)
     body = ((x / (0.44 * fov)) ** 2 + (y / (0.34 * fov)) ** 2 <= 1) & np.ones(shape, bool)
@@ -120,6 +163,7 @@ def _render_image(p: dict[str, Any], label: np.ndarray, x: np.ndarray, y: np.nda
     img[_papillary_and_trabeculae(p, label, x, y, z, g, s, rng)] = 0.3
     smooth = ndimage.gaussian_filter(rng.standard_normal(shape), sigma=(4, 4, 0))
     img *= 1 + 0.6 * smooth / (np.abs(smooth).max() + 1e-6) * 0.15
+    img = apply_scanner(img, (x, y), fov, scanner)
     coil = np.array([math.cos(p["coil_angle"]), math.sin(p["coil_angle"])]) * 0.45 * fov
     img *= 0.45 + 0.75 * np.exp(-((x - coil[0]) ** 2 + (y - coil[1]) ** 2) / (2 * (0.45 * fov) ** 2))
     img = ndimage.gaussian_filter(img, sigma=(0.6, 0.6, 0))
@@ -146,7 +190,8 @@ def _papillary_and_trabeculae(p: dict[str, Any], label: np.ndarray, x: np.ndarra
     return dark & cavity
 
 
-def write_patient(patient_dir: Path, name: str, p: dict[str, Any], size: int, rng: np.random.Generator) -> dict:
+def write_patient(patient_dir: Path, name: str, p: dict[str, Any], size: int, rng: np.random.Generator,
+                  scanner: str = "A") -> dict:
     """Write ``Info.cfg`` and the ED/ES image and ground-truth NIfTI files of one patient; return its indices."""
     s = p["fov"] / size
     spacing = (s, s, p["slice_spacing"])
@@ -154,7 +199,7 @@ def write_patient(patient_dir: Path, name: str, p: dict[str, Any], size: int, rn
     affine[:3, 3] = [p["fov"] / 2, p["fov"] / 2, -p["slice_spacing"] * p["n_slices"] / 2]
     labels = {}
     for phase, frame in (("ED", 1), ("ES", p["es_frame"])):
-        label, image = render_phase(p, phase, size, rng)
+        label, image = render_phase(p, phase, size, rng, scanner)
         labels[phase] = label
         stem = patient_dir / f"{name}_frame{frame:02d}"
         save_nifti(image, affine, f"{stem}.nii.gz")
@@ -168,7 +213,7 @@ def write_patient(patient_dir: Path, name: str, p: dict[str, Any], size: int, rn
 
 
 def write_dataset(dataset_dir: str, num_cases: int = 30, seed: int = 0, image_size: int = 128,
-                  num_test_cases: int | None = None) -> str:
+                  num_test_cases: int | None = None, scanner: str = "A") -> str:
     """Write ``<dataset_dir>/{training,testing}/patientNNN/`` in the ACDC layout and return ``dataset_dir``.
 
     Args:
@@ -177,10 +222,13 @@ def write_dataset(dataset_dir: str, num_cases: int = 30, seed: int = 0, image_si
         seed: the dataset seed; each patient draws from ``SeedSequence([seed, number])``.
         image_size: in-plane matrix (square); the field of view stays ~190-230 mm, so spacing follows.
         num_test_cases: testing patients (numbered after the training ones); default max(ceil(n/2), 8).
+        scanner: the simulated scanner of every image (:data:`SCANNERS`: "A" default, "B", "C"): a site shift; the
+            anatomy, masks and ``Info.cfg`` are the same on every scanner.
 
     Raises:
-        ValueError: a non-positive count or an image size below 32.
+        ValueError: a non-positive count, an image size below 32 or an unknown scanner (before anything is written).
     """
+    scanner_response(scanner)
     dataset_dir, num_cases, seed, image_size = str(dataset_dir), int(num_cases), int(seed), int(image_size)
     num_test = max(-(-num_cases // 2), 8) if num_test_cases is None else int(num_test_cases)
     if num_cases < 1 or num_test < 1 or image_size < 32:
@@ -190,6 +238,7 @@ def write_dataset(dataset_dir: str, num_cases: int = 30, seed: int = 0, image_si
         split = "training" if number <= num_cases else "testing"
         name = f"patient{number:03d}"
         rng = np.random.default_rng(np.random.SeedSequence([seed, number]))
-        write_patient(Path(dataset_dir) / split / name, name, draw_patient_parameters(rng), image_size, rng)
+        write_patient(Path(dataset_dir) / split / name, name, draw_patient_parameters(rng), image_size, rng,
+                      str(scanner))
     logger.info("wrote %d training + %d testing synthetic patients to %s", num_cases, num_test, dataset_dir)
     return dataset_dir
