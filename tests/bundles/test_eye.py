@@ -104,6 +104,62 @@ def test_phantom_deterministic_by_seed(bundle_module):
         phantom.synth_fundus(np.random.default_rng(0), 16, 64)
 
 
+def test_scanner_response_hand_computed(bundle_module):
+    phantom = bundle_module(AREA, "phantom")
+    image = np.full((1, 2, 3), 0.25)
+    rho = np.array([[0.0, 1.0]])  # the image centre and the FOV edge
+    assert phantom.apply_scanner(image, rho, "A") is image
+    # "B": (1 - 0.3 rho^2) * gain * 0.25, to the power 0.8; at the edge the light is 0.7
+    b = phantom.apply_scanner(image, rho, "B")
+    np.testing.assert_allclose(b[0, 0], (0.25 * np.array([0.85, 1.05, 1.3])) ** 0.8, rtol=1e-9)
+    np.testing.assert_allclose(b[0, 1], (0.7 * 0.25 * np.array([0.85, 1.05, 1.3])) ** 0.8, rtol=1e-9)
+    # "C": exposure 0.8, no extra vignetting, gamma 1.3
+    np.testing.assert_allclose(phantom.apply_scanner(image, rho, "C")[0, 1],
+                               (0.8 * 0.25 * np.array([1.15, 0.9, 0.75])) ** 1.3, rtol=1e-9)
+    with pytest.raises(ValueError, match=r"unknown scanner 'Z': choose one of \['A', 'B', 'C'\]"):
+        phantom.write_dataset("/nonexistent/never_written", num_cases=1, scanner="Z")
+
+
+def test_scanner_shift_changes_the_camera_not_the_retina(bundle_module):
+    phantom = bundle_module(AREA, "phantom")
+    height, width = 160, 150
+
+    def photo(*scanner):
+        return phantom.synth_fundus(np.random.default_rng([0, 0, 1]), height, width, *scanner)
+
+    rgb_a, vessel, fov = photo()
+    assert np.array_equal(photo("A")[0], rgb_a) and np.array_equal(photo("B")[0], photo("B")[0])
+    yy, xx = np.mgrid[0:height, 0:width]
+    rho = np.hypot(yy - (height - 1) / 2, xx - (width - 1) / 2) / (0.478 * min(height, width))
+    a = rgb_a / 255.0
+    for scanner in ("B", "C"):
+        r = phantom.SCANNERS[scanner]
+        rgb, vessel_s, fov_s = photo(scanner)
+        assert np.array_equal(vessel_s, vessel) and np.array_equal(fov_s, fov) and not np.array_equal(rgb, rgb_a)
+        # red channel (bright, so noise and 8-bit rounding matter least), central FOV: by the formula
+        # log S = gamma log A + gamma log(1 - vignette rho^2) + gamma log(exposure gain_R)
+        s = rgb / 255.0
+        px = (fov > 0) & (rho < 0.5) & (a[..., 0] > 0.08) & (s[..., 0] > 0.02)
+        design = np.stack([np.log(a[..., 0][px]), np.log(1 - r["vignette"] * rho[px] ** 2), np.ones(px.sum())], 1)
+        gamma, _, offset = np.linalg.lstsq(design, np.log(s[..., 0][px]), rcond=None)[0]
+        assert gamma == pytest.approx(r["gamma"], abs=0.05), (scanner, gamma)
+        assert offset == pytest.approx(r["gamma"] * np.log(r["exposure"] * r["gains"][0]), abs=0.05), scanner
+    # white balance: B is cooler (less red per blue), C warmer; B's vignetting darkens the FOV edge against the centre
+    inside = (fov > 0) & (rho < 0.8)
+
+    def red_over_blue(rgb):
+        return np.median(rgb[..., 0][inside]) / np.median(rgb[..., 2][inside])
+
+    assert red_over_blue(photo("B")[0]) < red_over_blue(rgb_a) < red_over_blue(photo("C")[0])
+    centre, edge = (fov > 0) & (rho < 0.3), (fov > 0) & (rho > 0.7) & (rho < 0.9)
+
+    def centre_over_edge(rgb):
+        return rgb[..., 1][centre].mean() / rgb[..., 1][edge].mean()
+
+    # about ((1 - 0.3 * 0.2^2) / (1 - 0.3 * 0.8^2)) ** 0.8 = 1.17 more than A's
+    assert 1.1 < centre_over_edge(photo("B")[0]) / centre_over_edge(rgb_a) < 1.25
+
+
 def test_phantom_layout_and_files(bundle_module, tmp_path):
     phantom = bundle_module(AREA, "phantom")
     counts = phantom.write_dataset(str(tmp_path / "a"), num_cases=3, seed=7, height=64, width=56)

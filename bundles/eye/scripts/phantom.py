@@ -4,7 +4,8 @@ Every image is drawn from an explicit ``numpy.random.Generator`` (no global rand
 dataset on every machine. An image has: an orange-red fundus disc with vignetting and an illumination gradient, a
 bright optic disc, a darker macula, a branching vessel tree grown from the optic disc whose widths taper down to
 1-2 px (central light reflex on the large vessels), haemorrhages, microaneurysms and exudates that are *not* vessels
-(distractors), blur and noise; the field of view (FOV) is a disc as in DRIVE.
+(distractors), blur and noise; the field of view (FOV) is a disc as in DRIVE. A simulated camera (``scanner``,
+:data:`SCANNERS`; "A" changes nothing) may change illumination, white balance and response curve: a site shift.
 """
 
 from __future__ import annotations
@@ -86,20 +87,60 @@ def _blob(shape: tuple[int, int], cy: float, cx: float, ry: float, rx: float) ->
     return np.exp(-(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) ** 2)
 
 
-def synth_fundus(rng: np.random.Generator, height: int = 584, width: int = 565) -> tuple[np.ndarray, np.ndarray,
-                                                                                         np.ndarray]:
+#: Simulated fundus cameras (site shift for transfer experiments, docs/fine-tuning.md), the same ids as the other
+#: phantoms': ``illumination``, the flash's exposure times an extra radial falloff ``1 - vignette * rho**2`` (rho = 1 at
+#: the FOV edge); ``gains``, the sensor's R, G, B white balance; ``gamma``, its response curve (below 1 lifts the dark
+#: vessels towards the background, i.e. lowers vessel contrast). A pixel of linear colour c becomes
+#: ``(exposure * (1 - vignette * rho**2) * gain * c) ** gamma``, applied before the optical blur and sensor noise and
+#: with no random number, so every camera sees the same retina and noise draws. "A" is the default and leaves every
+#: image as before.
+SCANNERS = {"A": {"exposure": 1.0, "vignette": 0.0, "gains": (1.0, 1.0, 1.0), "gamma": 1.0},
+            "B": {"exposure": 1.0, "vignette": 0.3, "gains": (0.85, 1.05, 1.3), "gamma": 0.8},
+            "C": {"exposure": 0.8, "vignette": 0.0, "gains": (1.15, 0.9, 0.75), "gamma": 1.3}}
+
+
+def scanner_response(scanner: str) -> dict:
+    """The response of a simulated camera of :data:`SCANNERS`.
+
+    Raises:
+        ValueError: an unknown scanner name (the message lists the known ones).
+    """
+    if str(scanner) not in SCANNERS:
+        raise ValueError(f"unknown scanner {scanner!r}: choose one of {sorted(SCANNERS)}")
+    return SCANNERS[str(scanner)]
+
+
+def apply_scanner(image: np.ndarray, rho: np.ndarray, scanner: str = "A") -> np.ndarray:
+    """A noise-free linear RGB image ``(H, W, 3)`` as camera ``scanner`` records it (formula at :data:`SCANNERS`);
+    ``rho`` ``(H, W)`` is the distance from the image centre over the FOV radius. The same array, untouched, for "A".
+
+    Raises:
+        ValueError: an unknown scanner.
+    """
+    r = scanner_response(scanner)
+    if r["exposure"] == 1.0 and r["vignette"] == 0.0 and r["gamma"] == 1.0 and tuple(r["gains"]) == (1.0, 1.0, 1.0):
+        return image
+    light = r["exposure"] * np.clip(1.0 - r["vignette"] * np.asarray(rho) ** 2, 0.0, None)
+    return np.power(np.clip(image * light[..., None] * np.asarray(r["gains"])[None, None, :], 0.0, None), r["gamma"])
+
+
+def synth_fundus(rng: np.random.Generator, height: int = 584, width: int = 565, scanner: str = "A"
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic fundus photograph.
 
     Args:
         rng: the random generator (all randomness comes from it).
         height, width: image size in pixels (DRIVE: 584 x 565); at least 32 each.
+        scanner: the simulated camera (:data:`SCANNERS`, :func:`apply_scanner`); the retina (vessels, FOV, lesions)
+            and the random draws do not depend on it.
 
     Returns:
         ``(rgb, vessel, fov)``: ``rgb`` uint8 HxWx3, ``vessel`` and ``fov`` uint8 HxW with values 0 and 255.
 
     Raises:
-        ValueError: a size below 32.
+        ValueError: a size below 32 or an unknown scanner.
     """
+    scanner_response(scanner)
     if int(height) < 32 or int(width) < 32:
         raise ValueError(f"image size must be at least 32x32, got height={height}, width={width}.")
     height, width = int(height), int(width)
@@ -138,6 +179,7 @@ def synth_fundus(rng: np.random.Generator, height: int = 584, width: int = 565) 
     vessel, darkness = _render_vessels(samples, shape)
     img *= 1.0 - darkness[..., None] * np.array([0.35, 1.0, 0.8])[None, None, :]
     _add_lesions(rng, img, fov, scale)
+    img = apply_scanner(img, rho, scanner)
     img = ndimage.gaussian_filter(img, sigma=(max(0.5, 0.7 * scale), max(0.5, 0.7 * scale), 0))
     img += rng.normal(0, 0.012, size=img.shape)
     img *= fov[..., None]
@@ -182,7 +224,7 @@ def case_paths(dataset_dir: str | Path, split: str, number: int) -> dict[str, Pa
 
 
 def write_dataset(dataset_dir: str, num_cases: int = 20, seed: int = 0, height: int = 584, width: int = 565,
-                  num_test: int | None = None) -> dict[str, int]:
+                  num_test: int | None = None, scanner: str = "A") -> dict[str, int]:
     """Write a synthetic DRIVE dataset: ``training/`` with ``num_cases`` images and ``test/`` with
     ``max(ceil(num_cases / 2), 8)`` images (or ``num_test``), each with ``images/``, ``1st_manual/`` and ``mask/``.
 
@@ -192,13 +234,16 @@ def write_dataset(dataset_dir: str, num_cases: int = 20, seed: int = 0, height: 
         seed: dataset seed; image ``k`` of a split is drawn from its own generator, so the set is reproducible.
         height, width: image size (DRIVE: 584 x 565).
         num_test: number of test images, default ``max(ceil(num_cases / 2), 8)``.
+        scanner: the simulated camera of every image (:data:`SCANNERS`: "A" default, "B", "C"): a site shift; the
+            vessel and FOV masks are the same for every camera.
 
     Returns:
         the number of images written per split.
 
     Raises:
-        ValueError: ``num_cases`` < 1 or a bad size.
+        ValueError: ``num_cases`` < 1, a bad size or an unknown scanner (before anything is written).
     """
+    scanner_response(scanner)
     num_cases = int(num_cases)
     if num_cases < 1:
         raise ValueError(f"num_cases must be at least 1, got {num_cases}.")
@@ -207,7 +252,7 @@ def write_dataset(dataset_dir: str, num_cases: int = 20, seed: int = 0, height: 
         first = SPLITS[split][1]
         for k in range(count):
             rng = np.random.default_rng([int(seed), split_index, k])
-            rgb, vessel, fov = synth_fundus(rng, int(height), int(width))
+            rgb, vessel, fov = synth_fundus(rng, int(height), int(width), str(scanner))
             paths = case_paths(dataset_dir, split, first + k)
             _save(rgb, paths["image"], "TIFF")
             _save(vessel, paths["label"], "GIF")
