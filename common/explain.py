@@ -1,8 +1,11 @@
 """Grad-CAM explanations of classifiers (MONAI ``monai.visualize.GradCAM``), their overlays and a faithfulness check.
 
 Grad-CAM (Selvaraju et al., ICCV 2017) weights the feature maps of one layer by the spatial mean of the gradient of
-a class score and keeps the positive part; MONAI upsamples it to the input size and scales each map to [0, 1]. It
-is coarse (the resolution of the chosen layer) and says where the evidence for the class lies, not why.
+a class score and keeps the positive part; MONAI upsamples it to the input size, and :class:`GradCam` scales each map
+to [0, 1] with 1 at the strongest evidence. (MONAI's own default post-processing, ``default_normalizer``, maps the
+(min, max) of each map to (1, 0): it flips the map, so that the evidence would show as the coldest place; GradCam
+passes :func:`normalise` instead.) It is coarse (the resolution of the chosen layer) and says where the evidence
+for the class lies, not why.
 """
 
 from __future__ import annotations
@@ -24,9 +27,19 @@ def enabled(value: Any) -> bool:
     return as_bool(value, "explain")
 
 
+def normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Each map of a ``[B, 1, *spatial]`` batch scaled linearly to [0, 1], min to 0 and max to 1 (MONAI's
+    ``ScaleIntensity(minv=0, maxv=1)`` per map); a constant map (e.g. all zero: no positive evidence) becomes 0."""
+    from monai.transforms import ScaleIntensity
+
+    scale = ScaleIntensity(minv=0.0, maxv=1.0)
+    return torch.stack([torch.as_tensor(scale(m)) for m in maps]).to(maps.device)
+
+
 class GradCam:
     """Grad-CAM maps of one class score for a batch: ``[B, C, *spatial]`` input -> ``[B, *spatial]`` float32 numpy in
-    [0, 1] (MONAI's ``GradCAM`` with ``target_layers=layer``; ``class_idx`` the output column explained, e.g. 1 for
+    [0, 1], 1 = strongest evidence for the class, all 0 where the layer holds no positive evidence (MONAI's
+    ``GradCAM`` with ``target_layers=layer`` and :func:`normalise` as post-processing; ``class_idx`` the output column explained, e.g. 1 for
     "malignant" of a two-logit network, 0 for the single tumour logit of a sigmoid network).
 
     Raises:
@@ -42,7 +55,7 @@ class GradCam:
         if layer not in names:
             raise ValueError(f"explain_layer {layer!r} is not a layer of the network; the last layers are "
                              f"{names[-6:]}")
-        self.cam = GradCAM(nn_module=unwrap(network), target_layers=layer)
+        self.cam = GradCAM(nn_module=unwrap(network), target_layers=layer, postprocessing=normalise)
         self.class_idx = int(class_idx)
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:

@@ -50,6 +50,39 @@ def test_grad_cam_shape_range_and_bad_layer():
         explain.GradCam(net, "features.9")
 
 
+class _OneBlock(torch.nn.Module):
+    """Class 1's logit is the mean of relu(x): its Grad-CAM is x where x > 0, its evidence lies where x is bright."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 1, bias=False)
+        self.relu = torch.nn.ReLU()
+        self.head = torch.nn.Linear(1, 2, bias=False)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+            self.head.weight.copy_(torch.tensor([[-1.0], [1.0]]))
+
+    def forward(self, x):
+        return self.head(self.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_grad_cam_is_hot_where_the_evidence_is():
+    """MONAI's default post-processing maps (min, max) to (1, 0); GradCam must not: the 2 x 2 block that makes the
+    class-1 logit scores 1 and the rest 0 (class-1 gradient 1/64 per channel, activation 1 there and 0 elsewhere)."""
+    x = torch.zeros(2, 1, 8, 8)
+    x[0, 0, 2:4, 2:4] = 1.0
+    x[1, 0, 5:, :3] = 0.5  # a second image: the evidence elsewhere, at half strength, is still scaled to 1
+    cam = explain.GradCam(_OneBlock(), "relu", class_idx=1)(x)
+    expected = np.zeros((2, 8, 8), np.float32)
+    expected[0, 2:4, 2:4] = 1.0
+    expected[1, 5:, :3] = 1.0
+    np.testing.assert_allclose(cam, expected, atol=1e-6)
+    assert explain.mass_inside(cam[0], expected[0]) == 1.0 and explain.area_fraction(expected[0]) == 4 / 64
+    # class 0's score falls with the same pixels: no positive evidence anywhere, an all-zero map (mass undefined)
+    none = explain.GradCam(_OneBlock(), "relu", class_idx=0)(x)
+    assert not none.any() and explain.mass_inside(none[0], expected[0]) is None
+
+
 def test_overlay_grey_and_rgb():
     cam = np.zeros((3, 2))
     grey = explain.overlay(np.full((3, 2), 0.5), cam, scale=2)
