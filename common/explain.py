@@ -39,8 +39,9 @@ def normalise(maps: torch.Tensor) -> torch.Tensor:
 class GradCam:
     """Grad-CAM maps of one class score for a batch: ``[B, C, *spatial]`` input -> ``[B, *spatial]`` float32 numpy in
     [0, 1], 1 = strongest evidence for the class, all 0 where the layer holds no positive evidence (MONAI's
-    ``GradCAM`` with ``target_layers=layer`` and :func:`normalise` as post-processing; ``class_idx`` the output column explained, e.g. 1 for
-    "malignant" of a two-logit network, 0 for the single tumour logit of a sigmoid network).
+    ``GradCAM`` with ``target_layers=layer`` and :func:`normalise` as post-processing; ``class_idx`` the output
+    column explained, e.g. 1 for "malignant" of a two-logit network, 0 for the single tumour logit of a sigmoid
+    network).
 
     Raises:
         ValueError: ``layer`` is not a module name of the network (the message lists the last few).
