@@ -145,6 +145,12 @@ def test_patch_metrics_hand_computed():
     assert metrics.sensitivity(rows) == pytest.approx(0.5)
     assert metrics.specificity(rows) == pytest.approx(0.5)
     assert metrics.auc(rows[:2]) is None and metrics.sensitivity(rows[:2]) is None
+    # labelled at a recorded threshold of 0.3 (predictions 0, 1, 1, 1), and again at 0.5 for metrics.json *_at_0_5
+    recorded = [{**r, "pred": int(r["prob_tumour"] >= 0.3)} for r in rows]
+    assert metrics.sensitivity(recorded) == 1.0 and metrics.specificity(recorded) == pytest.approx(0.5)
+    assert metrics.sensitivity_at(recorded) == pytest.approx(0.5) and metrics.specificity_at(recorded) == 0.5
+    assert metrics.accuracy_at(recorded) == pytest.approx(0.5) and metrics.accuracy_at(recorded, 0.95) == 0.5
+    assert metrics.specificity_at(recorded, 0.05) == 0.0 and metrics.sensitivity_at(rows[:2]) is None
 
 
 # ------------------------------------------------------------------------------------------------ heat-map geometry
@@ -395,7 +401,8 @@ def test_evaluate_writes_metrics_with_intervals(dataset, trained):
                       dataset, "--output_dir", trained])
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["key_metric"] == "auc" and metrics["num_cases"] == TINY["num_cases"] // 2
-    for name in ("auc", "accuracy", "sensitivity", "specificity"):
+    for name in ("auc", "accuracy", "sensitivity", "specificity", "accuracy_at_0_5", "sensitivity_at_0_5",
+                 "specificity_at_0_5"):
         low, high = metrics[f"{name}_ci95"]
         assert 0.0 <= low <= metrics[name] <= high <= 1.0
     with open(trained / "metrics_per_case.csv", newline="") as f:

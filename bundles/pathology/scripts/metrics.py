@@ -74,3 +74,24 @@ def specificity(rows: Sequence[Mapping[str, Any]]) -> float | None:
     label, _, pred = _arrays(rows)
     negatives = label == 0
     return float(1 - pred[negatives].mean()) if negatives.any() else None
+
+
+def at_threshold(rows: Sequence[Mapping[str, Any]], threshold: float) -> list[dict[str, Any]]:
+    """The rows relabelled at another operating point: ``pred`` = 1 where ``prob_tumour >= threshold``."""
+    return [{**r, "pred": int(float(r["prob_tumour"]) >= float(threshold))} for r in rows]
+
+
+def accuracy_at(rows: Sequence[Mapping[str, Any]], threshold: float = THRESHOLD) -> float | None:
+    """:func:`accuracy` at ``threshold`` instead of the recorded one (metrics.json ``accuracy_at_0_5``). With one
+    logit, sigmoid(z / T) >= 0.5 exactly when z >= 0: 0.5 means the same before and after temperature scaling."""
+    return accuracy(at_threshold(rows, threshold))
+
+
+def sensitivity_at(rows: Sequence[Mapping[str, Any]], threshold: float = THRESHOLD) -> float | None:
+    """:func:`sensitivity` at ``threshold`` (``sensitivity_at_0_5``); None without tumour patches."""
+    return sensitivity(at_threshold(rows, threshold))
+
+
+def specificity_at(rows: Sequence[Mapping[str, Any]], threshold: float = THRESHOLD) -> float | None:
+    """:func:`specificity` at ``threshold`` (``specificity_at_0_5``); None without normal patches."""
+    return specificity(at_threshold(rows, threshold))
