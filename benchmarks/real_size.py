@@ -99,8 +99,9 @@ def run_child(command: list[str], log: Path, memory_limit_gib: float | None, env
                                 preexec_fn=limit_memory)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"command": " ".join(command), "returncode": proc.returncode, "wall_s": round(time.perf_counter() - start, 2),
-            "peak_rss_mib": round(usage.ru_maxrss / 1024.0, 1), "log": str(log)}
+    return {"command": " ".join(command), "returncode": proc.returncode,
+            "wall_s": round(time.perf_counter() - start, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024.0, 1),
+            "log": str(log)}
 
 
 def engine_seconds(text: str, engine: str) -> list[float]:
