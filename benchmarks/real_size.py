@@ -8,10 +8,12 @@ For ``--area`` (brain, eye, pathology, breast, cardiac) it
 
 1. writes a phantom at the real data set's size with the bundle's own ``synthesize.json`` ids (see :data:`AREAS`):
    brain 2 cases at 1 mm, fitted to the BraTS grid 240 x 240 x 155 (centred pad/crop, affine shifted to match);
-   eye 2 DRIVE images of 565 x 584; pathology 256 PCam patches of 96 x 96 (the real patch size: PCam's size is its
-   patch count, read lazily); breast 8 masses whose cropped-image DICOMs are resampled to
+   eye 3 DRIVE images of 565 x 584; pathology 256 PCam patches of 96 x 96 (the real patch size: PCam's size is its
+   patch count, read lazily); breast 48 masses whose cropped-image DICOMs are resampled to
    :data:`BREAST_CROP_SIDE` pixels (a typical CBIS-DDSM mass crop; the phantom draws 15-30 px masses); cardiac
-   2 ACDC patients with a 144 x 144 matrix over a 190-230 mm field of view (1.3-1.6 mm in plane, ACDC 1.37-1.68 mm);
+   5 ACDC patients with a 144 x 144 matrix over a 190-230 mm field of view (1.3-1.6 mm in plane, ACDC 1.37-1.68 mm).
+   Each set holds at least one full training batch of the recipe (eye 2 images, cardiac 4 patients, breast 32
+   masses, pathology 128 patches) besides the validation cases;
 2. runs the standard command ``python -m monai.bundle run --config_file "['.../train.json','.../real_data.json']"``
    with ``--epochs 1``, ``--train#trainer#epoch_length 1`` and ``--validate#evaluator#epoch_length 1`` (ignite's
    bound on the iterations of an epoch), ``--num_workers 0`` (no data-loader processes on a 2-core machine) and
@@ -53,13 +55,13 @@ BRATS_SHAPE = (240, 240, 155)
 AREAS: dict[str, dict[str, Any]] = {
     "brain": {"synthesize": {"num_cases": 2, "synthetic_spacing": 1.0}, "train": {},
               "real_size": "BraTS 2021 grid 240 x 240 x 155 at 1 mm, 4 modalities"},
-    "eye": {"synthesize": {"num_cases": 2, "image_height": 584, "image_width": 565}, "train": {},
+    "eye": {"synthesize": {"num_cases": 3, "image_height": 584, "image_width": 565}, "train": {},
             "real_size": "DRIVE 565 x 584 RGB"},
     "pathology": {"synthesize": {"num_cases": 256, "num_slides": 1, "slide_size": 1024}, "train": {},
                   "real_size": "PCam 96 x 96 RGB patches"},
-    "breast": {"synthesize": {"num_cases": 8}, "train": {},
+    "breast": {"synthesize": {"num_cases": 48}, "train": {},
                "real_size": f"CBIS-DDSM mass crops resampled to {BREAST_CROP_SIDE} x {BREAST_CROP_SIDE} px"},
-    "cardiac": {"synthesize": {"num_cases": 2, "num_test_cases": 1, "image_size": 144}, "train": {},
+    "cardiac": {"synthesize": {"num_cases": 5, "num_test_cases": 1, "image_size": 144}, "train": {},
                 "real_size": "ACDC short axis, 144 x 144 matrix at 1.3-1.6 mm in plane"},
 }
 
