@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
         "real_size": AREAS[args.area]["real_size"], "recipe": f"bundles/{args.area}/configs/real_data.json",
         "overrides_beyond_real_data": extra, "cpu_count": os.cpu_count(), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-        "memory_limit_gib": args.memory_limit_gib,
+        "memory_limit_gib": args.memory_limit_gib, "load_average_1m_at_start": round(os.getloadavg()[0], 1),
     }
     try:
         result["synthesize"] = synthesize(args.area, dataset_dir, work_dir, args.memory_limit_gib)
@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["train"] = step
         result["completed"] = bool(step["returncode"] == 0 and step["seconds_per_iteration"] is not None
                                    and step["validation_pass_s"] is not None and step["model_written"])
+        result["load_average_1m_at_end"] = round(os.getloadavg()[0], 1)
         result["peak_rss_mib_all_children"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
     finally:
         if temporary and not args.keep:
