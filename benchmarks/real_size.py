@@ -20,10 +20,10 @@ For ``--area`` (brain, eye, pathology, breast, cardiac) it
    everything else from ``real_data.json``: one training iteration at the real patch/batch size, then the end-of-run
    validation on one case (brain, eye, cardiac) or one batch (pathology, breast) and, where the bundle has one, the
    calibration pass;
-3. reports the iteration's seconds (ignite's epoch time of the one-iteration epoch, data loading included), the
-   validation pass's seconds, the whole command's wall time and its peak RSS (``os.wait4`` of that child: the
-   child and the processes it waited for, ``ru_maxrss``), as one JSON object printed last and written to
-   ``--output`` (atomically).
+3. reports the iteration's seconds (from the trainer's start to the end of its first iteration in the log's time
+   stamps, data loading included), the validation pass's seconds (ignite's epoch time of the evaluator), the whole
+   command's wall time and its peak RSS (``os.wait4`` of that child: the child and the processes it waited for,
+   ``ru_maxrss``), as one JSON object printed last and written to ``--output`` (atomically).
 
 The child runs under an address-space limit (``--memory_limit_gib``, ``RLIMIT_AS``): a recipe that does not fit
 fails in its own process with an allocation error (reported as ``"fits": false``) instead of pushing the shared
@@ -110,6 +110,26 @@ def engine_seconds(text: str, engine: str) -> list[float]:
     """Ignite's epoch times of ``engine`` (``SupervisedTrainer``/``SupervisedEvaluator``) from a bundle log."""
     found = re.findall(engine + r" - INFO - Epoch\[\d+\] Complete\. Time taken: (\d+):(\d+):([\d.]+)", text)
     return [int(h) * 3600 + int(m) * 60 + float(s) for h, m, s in found]
+
+
+def _stamp(line: str) -> float:
+    """Seconds of the ``asctime`` (``2026-11-30 11:49:50,462``) that starts a log line."""
+    day, clock = line[:23].split(" ")
+    when = datetime.datetime.strptime(f"{day} {clock[:8]}", "%Y-%m-%d %H:%M:%S")
+    return when.timestamp() + int(clock[9:12]) / 1000.0
+
+
+def first_iteration_seconds(text: str) -> float | None:
+    """Wall seconds from the trainer's start to the end of its first iteration (the StatsHandler's ``Iter: 1/``
+    line), data loading included. Ignite's epoch time cannot serve: it includes the epoch-end handlers (validation,
+    checkpoints)."""
+    lines = text.splitlines()
+    starts = r"SupervisedTrainer - INFO - Engine run (resuming|starting)"
+    start = next((ln for ln in lines if re.search(starts, ln)), None)
+    end = next((ln for ln in lines if re.search(r"Iter: 1/\d+ -- train_loss", ln)), None)
+    if start is None or end is None:
+        return None
+    return round(_stamp(end) - _stamp(start), 2)
 
 
 def fit_brats_grid(dataset_dir: Path, target: tuple[int, int, int] = BRATS_SHAPE) -> list[tuple[int, ...]]:
@@ -236,7 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
                          args.memory_limit_gib)
         text = Path(step["log"]).read_text(encoding="utf-8", errors="replace")
         train_s, val_s = engine_seconds(text, "SupervisedTrainer"), engine_seconds(text, "SupervisedEvaluator")
-        step["seconds_per_iteration"] = train_s[0] if train_s else None
+        step["seconds_per_iteration"] = first_iteration_seconds(text)
+        step["train_epoch_with_end_handlers_s"] = train_s[0] if train_s else None
         step["validation_pass_s"] = val_s[0] if val_s else None
         step["model_written"] = (output_dir / "models" / "model.pt").is_file()
         step["fits"] = not any(e in text for e in ALLOCATION_ERRORS)

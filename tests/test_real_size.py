@@ -81,3 +81,16 @@ def test_real_size_reads_ignite_epoch_times():
            "Time taken: 01:00:00.250\n")
     assert real_size.engine_seconds(log, "SupervisedTrainer") == [62.5]
     assert real_size.engine_seconds(log, "SupervisedEvaluator") == [3600.25]
+
+
+def test_real_size_first_iteration_from_log_stamps():
+    """The trainer's epoch time includes its epoch-end handlers (the validation): the iteration is timed from the
+    trainer's start to the StatsHandler line of iteration 1 instead (here 1 min 2.5 s)."""
+    real_size = _benchmark("real_size")
+    log = ("2026-11-30 10:00:00,250 - ignite.engine.engine.SupervisedTrainer - INFO - Engine run resuming from "
+           "iteration 0, epoch 0 until 1 epochs\n"
+           "2026-11-30 10:01:02,750 - INFO - Epoch: 1/1, Iter: 1/1 -- train_loss: 0.9946 \n"
+           "2026-11-30 10:05:00,000 - ignite.engine.engine.SupervisedTrainer - INFO - Epoch[1] Complete. "
+           "Time taken: 00:05:00.000\n")
+    assert real_size.first_iteration_seconds(log) == pytest.approx(62.5)
+    assert real_size.first_iteration_seconds("no trainer here") is None
