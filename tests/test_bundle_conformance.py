@@ -126,6 +126,85 @@ def test_metadata_declares_common_and_measured_metrics(area):
         assert "synthetic" in meta.get("eval_metrics_data", ""), "name the data the metrics were measured on"
 
 
+REAL_DATA_AREAS = [a for a in AREAS if (BUNDLES / a / "configs" / "real_data.json").is_file()]
+# ids a real_data.json may change that evaluate/inference define for themselves and training does not record: they
+# steer how inference runs, not what the network was trained on (the model card prints them on the inference command)
+INFERENCE_KNOBS = {"sw_batch_size", "sw_overlap", "batch_size", "num_workers"}
+
+
+def _real_data(area: str) -> dict:
+    return json.loads((BUNDLES / area / "configs" / "real_data.json").read_text())
+
+
+def _saved_settings(area: str) -> dict:
+    """The ``settings`` of the ``BestModelSaver`` in train.json (what training writes to ``models/model.json``)."""
+    train = json.loads((BUNDLES / area / "configs" / "train.json").read_text())
+    savers = [h for h in train["validate"]["handlers"] if h.get("_target_", "").endswith("BestModelSaver")]
+    assert len(savers) == 1, f"{area}: train.json needs exactly one BestModelSaver in validate#handlers"
+    return savers[0].get("settings", {})
+
+
+def test_every_bundle_has_a_real_data_recipe():
+    """Issue 17: every bundle ships ``configs/real_data.json`` (the published-class recipe at the real size)."""
+    assert sorted(REAL_DATA_AREAS) == sorted(AREAS)
+
+
+@pytest.mark.parametrize("area", REAL_DATA_AREAS)
+def test_real_data_sets_only_ids_train_defines(area):
+    """Every id ``real_data.json`` sets (``a#b`` paths included) exists in ``train.json``: MONAI silently adds a
+    misspelt id, which would leave the demo value in force while the model card claims the published one."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / area / "configs" / "train.json"))
+    unknown = sorted(k for k in _real_data(area) if k not in parser)
+    assert not unknown, f"{area}: real_data.json sets ids train.json does not define: {unknown}"
+
+
+@pytest.mark.parametrize("area", REAL_DATA_AREAS)
+def test_real_data_changes_reach_evaluate_and_inference(area):
+    """A value of ``real_data.json`` that evaluate/inference also use (grid, patch, network width/depth...) is
+    recorded by training in ``models/model.json`` and read back there with ``model_setting`` (DESIGN.md, training
+    settings beside the model), unless it only steers how inference runs (:data:`INFERENCE_KNOBS`)."""
+    settings = _saved_settings(area)
+    for name in ("evaluate", "inference"):
+        config = json.loads((BUNDLES / area / "configs" / f"{name}.json").read_text())
+        for key in (k for k in _real_data(area) if "#" not in k and k in config and k not in INFERENCE_KNOBS):
+            assert key in settings, f"{area}: real_data.json changes {key!r}, which {name}.json uses, but training " \
+                                    f"does not record it in model.json (BestModelSaver settings)"
+            assert f"model_setting(@ckpt_path, '{key}'" in str(config[key]), \
+                f"{area}: {name}.json does not read {key!r} from model.json"
+
+
+@pytest.mark.parametrize("area", REAL_DATA_AREAS)
+def test_real_data_parses_and_instantiates(area, tmp_path):
+    """train.json + real_data.json merge, and the network, the transforms and the data sets instantiate (on empty
+    data lists: no data, no training); the real recipe's network is the larger one and AMP is on exactly when CUDA
+    is there."""
+    from monai.bundle import ConfigParser
+
+    def parser_for(*names: str) -> ConfigParser:
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in names])
+        parser["dataset_dir"], parser["output_dir"] = str(tmp_path / "data"), str(tmp_path / "out")
+        return parser
+
+    with bundle_in_process(BUNDLES / area):
+        demo, real = parser_for("train"), parser_for("train", "real_data")
+        sizes = {}
+        for label, parser in (("demo", demo), ("real", real)):
+            net = parser.get_parsed_content("network_def")
+            sizes[label] = sum(p.numel() for p in net.parameters())
+        for part in ("train", "validate"):
+            real[f"{part}#dataset#data"] = []
+            assert callable(real.get_parsed_content(f"{part}#preprocessing"))
+            dataset = real.get_parsed_content(f"{part}#dataset")
+            assert len(dataset) == 0, f"{area}: {part}#dataset did not take the empty data list"
+        amp = (real.get_parsed_content("train#trainer#amp"), real.get_parsed_content("validate#evaluator#amp"))
+    assert sizes["real"] > sizes["demo"], f"{area}: the real recipe's network is not larger than the demo's: {sizes}"
+    assert amp == (torch.cuda.is_available(),) * 2, f"{area}: AMP must be on exactly when CUDA is available"
+
+
 def test_train_properties_and_outputs(pipeline, tmp_path):
     """MONAI's own property check of the train workflow (``ConfigWorkflow(..., workflow_type="train")``, initialised,
     every required property resolved and every optional one under its canonical id), on the copy the pipeline ran,
