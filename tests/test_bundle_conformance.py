@@ -146,7 +146,7 @@ def test_train_properties_and_outputs(pipeline, tmp_path):
 
 
 #: bundles whose inference.json is not yet the evaluator form (issue 19 item 2): their checks are strict xfails
-INFERENCE_NOT_CONVERTED = {"eye", "pathology", "breast", "cardiac"}
+INFERENCE_NOT_CONVERTED = {"pathology"}
 #: ids of the one inference entry (docs/bundle-conventions.md), beside MONAI's required inference properties
 INFERENCE_IDS = ("input_dir", "dataset_dir", "dataset", "dataloader", "preprocessing", "inferer", "postprocessing",
                  "handlers", "evaluator", "backend", "network_def", "network")
