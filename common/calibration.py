@@ -113,6 +113,30 @@ def positive_probability(logits: Any, temperature: float = 1.0) -> np.ndarray:
     return softmax(z, axis=1)[:, 1]
 
 
+class TemperatureScaled:
+    """Dict transform: divide the logits under ``keys`` by the fitted ``temperature`` (``z / T``; the
+    postprocessing's activation then gives the calibrated probabilities of :func:`positive_probability`).
+
+    Raises:
+        ValueError: ``temperature`` is not a positive number (names ``model.json`` and ``--temperature``).
+    """
+
+    def __init__(self, keys: str | Sequence[str], temperature: float) -> None:
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        try:
+            self.temperature = float(temperature)
+        except (TypeError, ValueError):
+            self.temperature = float("nan")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r} (model.json or --temperature)")
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        for key in self.keys:
+            d[key] = d[key] / self.temperature
+        return d
+
+
 def parse_rule(rule: str) -> tuple[str, float | None]:
     """``"youden"`` -> ``("youden", None)``; ``"sensitivity:0.95"`` -> ``("sensitivity", 0.95)``; ``"fixed"``.
 

@@ -64,6 +64,18 @@ class GradCam:
         return heat[:, 0].detach().cpu().float().numpy()
 
 
+def optional_gradcam(network: torch.nn.Module, explain: Any, layer: str, class_idx: int = 1) -> GradCam | None:
+    """The :class:`GradCam` of ``class_idx`` at ``layer`` of the eager network inside ``network`` (a
+    ``common.backends`` wrapper too: Grad-CAM needs the layers and gradients) when ``explain`` is on, else ``None``.
+
+    Raises:
+        ValueError: ``explain`` is not a flag, or ``layer`` is not a layer of the network.
+    """
+    from common.checkpoint import unwrap
+
+    return GradCam(unwrap(network), layer, class_idx=class_idx) if enabled(explain) else None
+
+
 def overlay(image: np.ndarray, cam: np.ndarray, scale: int = 4, alpha: float = 0.45) -> np.ndarray:
     """RGB uint8 ``(H*scale, W*scale, 3)`` overlay of a [0, 1] ``(H, W)`` CAM (jet colours, red = strongest) on a
     [0, 1] image, ``(H, W)`` greyscale or ``(H, W, 3)`` RGB, enlarged ``scale`` times (nearest)."""

@@ -57,6 +57,42 @@ def config_list(area: str, *names: str) -> str:
     return "[" + ",".join(f"'bundles/{area}/configs/{n}.json'" for n in names) + "]"
 
 
+def inference_parser(area: str, input_dir: str | os.PathLike, output_dir: str | os.PathLike,
+                     ckpt_path: str | os.PathLike, **overrides):
+    """``<area>``'s ``inference.json`` + ``tiny.json`` parsed for these folders in this interpreter, with the bundle's
+    ``scripts`` imported (``import_bundle_module``): ``get_parsed_content("evaluator").run()`` predicts, and
+    ``get_parsed_content("handlers")`` are the same handler objects (e.g. the ``CaseWriter`` with its ``rows``)."""
+    from monai.bundle import ConfigParser
+
+    import_bundle_module(area, "inference")
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in ("inference", "tiny")])
+    parser.update({"bundle_root": str(BUNDLES / area), "input_dir": str(input_dir), "output_dir": str(output_dir),
+                   "ckpt_path": str(ckpt_path), **overrides})
+    return parser
+
+
+def inference_evaluator(area: str, input_dir: str | os.PathLike, output_dir: str | os.PathLike,
+                        ckpt_path: str | os.PathLike, **overrides):
+    """The ``evaluator`` of :func:`inference_parser` (``run()`` predicts)."""
+    return inference_parser(area, input_dir, output_dir, ckpt_path, **overrides).get_parsed_content("evaluator")
+
+
+def seeded_checkpoint(area: str, path: str | os.PathLike, seed: int = 0) -> Path:
+    """Save the seeded, untrained ``network_def`` of ``inference.json`` + ``tiny.json`` to ``path``."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    if (BUNDLES / area / "scripts" / "networks.py").is_file():
+        import_bundle_module(area, "networks")
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in ("inference", "tiny")])
+    parser.update({"bundle_root": str(BUNDLES / area), "ckpt_path": str(path)})
+    torch.manual_seed(seed)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
+    return Path(path)
+
+
 def tiny_settings(area: str) -> dict:
     """The bundle's ``configs/tiny.json`` (the tiny sizes every test run merges last)."""
     return json.loads((BUNDLES / area / "configs" / "tiny.json").read_text())

@@ -376,7 +376,7 @@ def test_inference_skips_a_bad_case_and_fails_naming_it(mods, trained, tiny_data
                    "ckpt_path": str(trained / "models" / "model.pt")})
     parser.parse()
     with pytest.raises(BatchFailure) as err, caplog.at_level(logging.WARNING):
-        parser.get_parsed_content("predict")()
+        parser.get_parsed_content("evaluator").run()
     assert filename in str(err.value) and "1 input(s) failed (1 processed)" in str(err.value)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert f"{inp / 'BraTS2021_00002_t1.nii.gz'}: not predicted: a file, not a case folder" in "\n".join(warned)
@@ -433,7 +433,7 @@ def test_quirky_header_gives_the_same_input_prediction_and_metrics(mods, tiny_da
         parser.update({"input_dir": str(root), "output_dir": str(tmp_path / f"pred_{name}"),
                        "ckpt_path": str(tmp_path / "fixed.pt")})
         parser.parse()
-        parser.get_parsed_content("predict")()
+        parser.get_parsed_content("evaluator").run()
         masks[name] = nib.load(tmp_path / f"pred_{name}" / "predictions" / f"{case}_pred.nii.gz")
     labels = np.asarray(masks["clean"].dataobj)
     assert 0.01 < float((labels > 0).mean()) < 0.99, "a mask that geometry could change"

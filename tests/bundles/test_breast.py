@@ -18,7 +18,15 @@ import numpy as np
 import pytest
 import torch
 
-from bundle_harness import REPO, config_list, import_bundle_module, run_monai_bundle
+from bundle_harness import (
+    REPO,
+    config_list,
+    import_bundle_module,
+    inference_evaluator,
+    inference_parser,
+    run_monai_bundle,
+    seeded_checkpoint,
+)
 
 AREA = "breast"
 TRAIN_CSV, TEST_CSV = "mass_case_description_train_set.csv", "mass_case_description_test_set.csv"
@@ -302,7 +310,7 @@ def test_evaluate_skips_an_unresolvable_row_and_counts_it(tiny_data, tmp_path):
     shutil.copytree(tiny_data, root)
     rows = read_table(root / TEST_CSV)
     (root / rows[2]["cropped image file path"].strip()).unlink()  # its ROI folder keeps only the mask
-    _, net, ckpt = _inference_parts(tmp_path)
+    ckpt = seeded_checkpoint(AREA, tmp_path / "model.pt")
     out = tmp_path / "out"
     run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "evaluate", "tiny"), "--dataset_dir", root,
                       "--output_dir", out, "--ckpt_path", ckpt])
@@ -500,31 +508,17 @@ def test_missing_dataset_dir_names_the_override(tmp_path):
         mod("data").validate(tmp_path / "nowhere", ("train",))
 
 
-def _inference_parts(tmp_path: Path):
-    from monai.bundle import ConfigParser
-
-    mod("transforms")  # puts this bundle's `scripts` into sys.modules for the parser
-    parser = ConfigParser()
-    parser.read_config([str(REPO / "bundles" / AREA / "configs" / n) for n in ("inference.json", "tiny.json")])
-    parser["bundle_root"] = str(REPO / "bundles" / AREA)
-    net = parser.get_parsed_content("network_def")
-    ckpt = tmp_path / "model.pt"
-    torch.save(net.state_dict(), ckpt)
-    return {k: parser.get_parsed_content(k) for k in ("preprocessing", "inferer", "postprocessing")}, net, ckpt
-
-
 def test_inference_reports_a_bad_file_and_writes_the_others(tiny_data, tmp_path):
     from common.validation import BatchFailure
 
-    inference = mod("inference")
-    parts, net, ckpt = _inference_parts(tmp_path)
+    ckpt = seeded_checkpoint(AREA, tmp_path / "model.pt")
     inputs, out = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
     for i, row in enumerate(read_table(tiny_data / TEST_CSV)[:2]):
         shutil.copy(tiny_data / row["cropped image file path"].strip(), inputs / f"mass{i}.dcm")
     (inputs / "broken.dcm").write_bytes(b"\x00" * 200)
     with pytest.raises(BatchFailure, match="broken"):
-        inference.predict(inputs, out, net, ckpt, **parts, explain=True)
+        inference_evaluator(AREA, inputs, out, ckpt, explain=True).run()
     rows = read_table(out / "predictions.csv")
     assert [r["case"] for r in rows] == ["mass0", "mass1"]
     assert files_under(out) == ["predictions.csv", "predictions/mass0_gradcam.png", "predictions/mass1_gradcam.png"]
@@ -532,37 +526,43 @@ def test_inference_reports_a_bad_file_and_writes_the_others(tiny_data, tmp_path)
 
 def test_inference_applies_the_temperature_and_labels_at_the_threshold(tiny_data, tmp_path):
     """Calibrated p = softmax(logits / T): the logit p / (1 - p) shrinks by T; labels are p >= threshold."""
-    inference = mod("inference")
-    parts, net, ckpt = _inference_parts(tmp_path)
+    from common.errors import describe
+
+    ckpt = seeded_checkpoint(AREA, tmp_path / "model.pt")
     inputs = tmp_path / "in"
     inputs.mkdir()
     for i, row in enumerate(read_table(tiny_data / TEST_CSV)[:4]):
         shutil.copy(tiny_data / row["cropped image file path"].strip(), inputs / f"mass{i}.dcm")
-    inference.predict(inputs, tmp_path / "t1", net, ckpt, **parts, explain=False)
+    inference_evaluator(AREA, inputs, tmp_path / "t1", ckpt, explain=False).run()
     raw = {r["case"]: float(r["p_malignant"]) for r in read_table(tmp_path / "t1" / "predictions.csv")}
     middle = float(np.median(list(raw.values())))
     threshold = 1 / (1 + np.exp(-np.log(middle / (1 - middle)) / 3.0))  # the median case, calibrated at T = 3
-    inference.predict(inputs, tmp_path / "t3", net, ckpt, **parts, explain=False, temperature=3.0, threshold=threshold)
+    inference_evaluator(AREA, inputs, tmp_path / "t3", ckpt, explain=False, temperature=3.0,
+                        threshold=float(threshold)).run()
     for row in read_table(tmp_path / "t3" / "predictions.csv"):
         p, q = float(row["p_malignant"]), raw[row["case"]]
         assert np.log(p / (1 - p)) == pytest.approx(np.log(q / (1 - q)) / 3.0, abs=1e-3)
         if abs(p - threshold) > 5e-6:
             assert row["label"] == str(int(p >= threshold))
-    with pytest.raises(ValueError, match="temperature must be > 0"):
-        inference.predict(inputs, tmp_path / "t0", net, ckpt, **parts, explain=False, temperature=0.0)
+    with pytest.raises(Exception) as info:
+        inference_evaluator(AREA, inputs, tmp_path / "t0", ckpt, explain=False, temperature=0.0)
+    assert "ValueError: temperature must be > 0" in describe(info.value)
+    assert not (tmp_path / "t0").exists()
 
 
 def test_inference_without_checkpoint_is_a_clear_error(tiny_data, tmp_path):
-    inference = mod("inference")
-    parts, net, _ = _inference_parts(tmp_path)
+    from common.errors import describe
+
     missing = tmp_path / "no" / "model.pt"
-    with pytest.raises(FileNotFoundError, match="train first"):
-        inference.predict(tiny_data, tmp_path / "out", net, missing, **parts)
+    with pytest.raises(Exception) as info:
+        inference_evaluator(AREA, tiny_data, tmp_path / "out", missing)
+    assert "CheckpointError" in describe(info.value) and "train first" in describe(info.value)
     assert files_under(tmp_path / "out") == []
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match="no \\*.dcm file"):
-        inference.predict(empty, tmp_path / "out", net, tmp_path / "model.pt", **parts)
+    with pytest.raises(Exception) as info:
+        inference_evaluator(AREA, empty, tmp_path / "out", seeded_checkpoint(AREA, tmp_path / "model.pt"))
+    assert "DatasetError" in describe(info.value) and "no *.dcm file" in describe(info.value)
     assert files_under(tmp_path / "out") == []
 
 
@@ -595,7 +595,7 @@ def test_compressed_dicom_crops_decode_to_the_same_pixels(tiny_data, tmp_path):
     pixels through the breast reader, and the same network input and prediction at inference."""
     import pydicom
 
-    dicom, inference = mod("dicom"), mod("inference")
+    dicom = mod("dicom")
     rows = read_table(tiny_data / TEST_CSV)
     picked = {}
     for row in rows:  # one MONOCHROME1 and one MONOCHROME2 crop, whatever their bit depth and rescale
@@ -612,12 +612,14 @@ def test_compressed_dicom_crops_decode_to_the_same_pixels(tiny_data, tmp_path):
             _compressed_copy(inputs / f"m{n}_raw.dcm", target, syntax)
             assert pydicom.dcmread(target, stop_before_pixels=True).file_meta.TransferSyntaxUID.is_compressed
             np.testing.assert_array_equal(dicom.read_dicom(target), reference)
-    parts, net, ckpt = _inference_parts(tmp_path)
+    ckpt = seeded_checkpoint(AREA, tmp_path / "model.pt")
+    parser = inference_parser(AREA, inputs, tmp_path / "out", ckpt, explain=False)
+    preprocessing = parser.get_parsed_content("preprocessing")
     for n in range(2):
-        raw = parts["preprocessing"]({"image": str(inputs / f"m{n}_raw.dcm")})["image"]
-        jpeg = parts["preprocessing"]({"image": str(inputs / f"m{n}_jpeg_lossless.dcm")})["image"]
+        raw = preprocessing({"image": str(inputs / f"m{n}_raw.dcm")})["image"]
+        jpeg = preprocessing({"image": str(inputs / f"m{n}_jpeg_lossless.dcm")})["image"]
         assert torch.equal(torch.as_tensor(raw), torch.as_tensor(jpeg))
-    inference.predict(inputs, tmp_path / "out", net, ckpt, **parts, explain=False)
+    parser.get_parsed_content("evaluator").run()
     probs = {r["case"]: float(r["p_malignant"]) for r in read_table(tmp_path / "out" / "predictions.csv")}
     assert len(probs) == 8
     for n in range(2):

@@ -20,7 +20,16 @@ import numpy as np
 import pytest
 import torch
 
-from bundle_harness import REPO, config_list, import_bundle_module, run_monai_bundle
+from bundle_harness import (
+    REPO,
+    config_list,
+    import_bundle_module,
+    inference_parser,
+    run_monai_bundle,
+    seeded_checkpoint,
+)
+from common.errors import describe
+from common.validation import BatchFailure
 
 AREA = "cardiac"
 CONFIGS = REPO / "bundles" / AREA / "configs"
@@ -50,15 +59,16 @@ def inferred(tiny_pipeline) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pipeline_parts(trained):
-    """Network (tiny, trained weights loaded by inference.run) and transforms parsed from inference.json + tiny."""
-    from monai.bundle import ConfigParser
+def model_pt(trained) -> str:
+    """The tiny trained model of the shared run."""
+    return str(trained / "models" / "model.pt")
 
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "tiny.json")])
-    parser["device"] = "$torch.device('cpu')"
-    return {k: parser.get_parsed_content(k) for k in ("network", "preprocessing", "inferer", "postprocessing",
-                                                      "device")} | {"ckpt_path": str(trained / "models" / "model.pt")}
+
+def _infer(input_dir: Path, output_dir: Path, ckpt_path: str | Path) -> list[dict]:
+    """Run inference.json's evaluator (+ tiny.json, CPU) in this interpreter; the clinical.csv rows it wrote."""
+    parser = inference_parser(AREA, input_dir, output_dir, ckpt_path, device="$torch.device('cpu')")
+    parser.get_parsed_content("evaluator").run()
+    return parser.get_parsed_content("handlers")[0].rows
 
 
 # ----------------------------------------------------------------------------------------------------------- clinical
@@ -317,7 +327,7 @@ BAD_INPUTS = [  # (how, checked by: "train" = training data check, "infer" = inf
 
 
 @pytest.mark.parametrize("how,stage", BAD_INPUTS)
-def test_bad_input_names_patient_and_file(how, stage, tiny_dir, tmp_path, pipeline_parts):
+def test_bad_input_names_patient_and_file(how, stage, tiny_dir, tmp_path, model_pt):
     split = "training" if stage == "train" else "testing"
     dataset = tmp_path / "D"
     shutil.copytree(tiny_dir / split, dataset / split)
@@ -330,9 +340,8 @@ def test_bad_input_names_patient_and_file(how, stage, tiny_dir, tmp_path, pipeli
             data.prepare(str(dataset), str(tmp_path / "unused"), str(out), 4, 64, 0, 0.2)
         assert not out.exists() or not any(out.rglob("*")), "training check left output behind"
     else:
-        inference = import_bundle_module(AREA, "inference")
-        with pytest.raises(Exception) as info:
-            inference.run(str(dataset / split), str(out), **pipeline_parts)
+        with pytest.raises(BatchFailure) as info:
+            _infer(dataset / split, out, model_pt)
         written = sorted(p.name for p in (out / "predictions").glob("*")) if (out / "predictions").is_dir() else []
         assert not [w for w in written if w.startswith(patient.name)], f"{how}: output of the bad patient: {written}"
         assert len(written) == 2 * (TINY["num_test_cases"] - 1), "the good patients must still be processed"
@@ -346,34 +355,24 @@ def test_inference_names_files_it_does_not_predict(tiny_dir, tmp_path, caplog):
     patient folders are predicted (random weights: only the listing and the outputs are checked)."""
     import logging
 
-    import torch
-    from monai.bundle import ConfigParser
-
-    inference = import_bundle_module(AREA, "inference")
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "tiny.json")])
-    parser["device"] = "$torch.device('cpu')"
-    parts = {k: parser.get_parsed_content(k) for k in ("network", "preprocessing", "inferer", "postprocessing",
-                                                       "device")}
-    torch.save(parts["network"].state_dict(), tmp_path / "model.pt")
+    seeded_checkpoint(AREA, tmp_path / "model.pt")
     dataset = tmp_path / "in"
     patient = sorted((tiny_dir / "testing").iterdir())[0]
     shutil.copytree(patient, dataset / patient.name)
     (dataset / "patient999_frame01.nii.gz").write_bytes(b"outside any patient folder")
     (dataset / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     with caplog.at_level(logging.WARNING):
-        rows = inference.run(str(dataset), str(tmp_path / "out"), ckpt_path=str(tmp_path / "model.pt"), **parts)
+        rows = _infer(dataset, tmp_path / "out", tmp_path / "model.pt")
     assert [r["patient"] for r in rows] == [patient.name]
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert f"{dataset / 'patient999_frame01.nii.gz'}: not predicted: a file, not a case folder" in "\n".join(warned)
     assert not any(".DS_Store" in m for m in warned)
 
 
-def test_missing_checkpoint_is_a_clear_error(tiny_dir, tmp_path, pipeline_parts):
-    inference = import_bundle_module(AREA, "inference")
-    parts = dict(pipeline_parts, ckpt_path=str(tmp_path / "nowhere" / "model.pt"))
-    with pytest.raises(FileNotFoundError, match="train first"):
-        inference.run(str(tiny_dir / "testing"), str(tmp_path / "out"), **parts)
+def test_missing_checkpoint_is_a_clear_error(tiny_dir, tmp_path):
+    with pytest.raises(Exception) as info:
+        _infer(tiny_dir / "testing", tmp_path / "out", tmp_path / "nowhere" / "model.pt")
+    assert "CheckpointError" in describe(info.value) and "model.pt does not exist: train first" in describe(info.value)
     assert not (tmp_path / "out").exists()
 
 
@@ -411,19 +410,12 @@ def test_quirky_header_gives_the_same_masks_clinical_csv_and_metric_input(tiny_d
     clean = tmp_path / "clean" / patient.name
     shutil.copytree(patient, clean)
     quirky = _quirky_copy(patient, tmp_path / "quirky" / patient.name)
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "tiny.json")])
-    parser["device"] = "$torch.device('cpu')"
-    torch.manual_seed(0)  # fixed, untrained weights: an LV mask somewhere, so its volume depends on the geometry
-    parts = {k: parser.get_parsed_content(k) for k in ("network", "preprocessing", "inferer", "postprocessing",
-                                                       "device")}
-    torch.save(parts["network"].state_dict(), tmp_path / "fixed.pt")
-    inference = import_bundle_module(AREA, "inference")
+    # fixed, untrained weights: an LV mask somewhere, so its volume depends on the geometry
+    seeded_checkpoint(AREA, tmp_path / "fixed.pt")
     rows = {}
     with caplog.at_level("WARNING", logger="common.geometry"):
         for name in ("clean", "quirky"):
-            (rows[name],) = inference.run(str(tmp_path / name), str(tmp_path / f"out_{name}"),
-                                          str(tmp_path / "fixed.pt"), **parts)
+            (rows[name],) = _infer(tmp_path / name, tmp_path / f"out_{name}", tmp_path / "fixed.pt")
     warned = " ".join(r.getMessage() for r in caplog.records if r.name == "common.geometry")
     assert str(quirky) in warned and "1 x 1 x 1 mm" in warned
     assert rows["clean"] == pytest.approx(rows["quirky"], rel=1e-9)

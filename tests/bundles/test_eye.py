@@ -7,6 +7,7 @@ shared through module-scoped fixtures; the bundle's functions are tested in-proc
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle_harness import REPO, SCHEMA, config_list, import_bundle_module
+from bundle_harness import REPO, SCHEMA, config_list, import_bundle_module, inference_evaluator, seeded_checkpoint
 
 AREA = "eye"
 CONFIGS = REPO / "bundles" / AREA / "configs"
@@ -293,34 +294,32 @@ def _tiny_network():
 
 
 def test_inference_bad_inputs(bundle_module, tiny_dir, tmp_path):
-    inference = bundle_module(AREA, "inference")
-    transforms = bundle_module(AREA, "transforms")
-    from monai.inferers import SlidingWindowInferer
-    from monai.transforms import Activationsd, AsDiscreted, Compose, CopyItemsd
+    """inference.json's evaluator: a missing checkpoint and an empty folder are clear errors before anything is
+    written; a bad image is named at the end, after the good ones were written (and no other file)."""
+    from common.errors import describe
+    from common.validation import BatchFailure
 
-    net = _tiny_network()
-    ckpt = tmp_path / "model.pt"
-    torch.save(net.state_dict(), ckpt)
-    pre = Compose([transforms.LoadFundusd(label_key=None), transforms.ClaheGreend("image")])
-    post = Compose([Activationsd("pred", sigmoid=True), CopyItemsd("pred", names="prob"),
-                    AsDiscreted("pred", threshold=0.5), transforms.MaskOutsideFOVd(["pred", "prob"])])
+    ckpt = seeded_checkpoint(AREA, tmp_path / "model.pt")
     inputs = tmp_path / "in"
     inputs.mkdir()
     for name in ("01_test", "02_test"):
         shutil.copy(tiny_dir / f"test/images/{name}.tif", inputs / f"{name}.tif")
     (inputs / "03_bad.png").write_bytes(b"\x89PNG broken")
     out = tmp_path / "out"
-    args = dict(network=net, preprocessing=pre, inferer=SlidingWindowInferer((64, 64)), postprocessing=post)
-    with pytest.raises(Exception, match="checkpoint .*missing.pt does not exist"):
-        inference.predict_folder(str(inputs), str(out), ckpt_path=str(tmp_path / "missing.pt"), **args)
+    with pytest.raises(Exception) as info:
+        inference_evaluator(AREA, inputs, out, tmp_path / "missing.pt")
+    assert re.search("checkpoint .*missing.pt does not exist", describe(info.value)), describe(info.value)
     assert not out.exists()
-    from common.validation import DatasetError
-
-    with pytest.raises(DatasetError, match="holds no fundus image"):
-        inference.predict_folder(str(tmp_path), str(out), ckpt_path=str(ckpt), **args)
-    with pytest.raises(RuntimeError) as info:  # BatchFailure: the good images are done, the bad one is named
-        inference.predict_folder(str(inputs), str(out), ckpt_path=str(ckpt), **args)
-    assert str(inputs / "03_bad.png") in str(info.value)
+    with pytest.raises(Exception) as info:
+        inference_evaluator(AREA, tmp_path / "empty", out, ckpt)
+    assert "DatasetError" in describe(info.value) and "does not exist" in describe(info.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception) as info:
+        inference_evaluator(AREA, tmp_path / "empty", out, ckpt)
+    assert "holds no fundus image" in describe(info.value)
+    with pytest.raises(BatchFailure) as info:  # the good images are done, the bad one is named
+        inference_evaluator(AREA, inputs, out, ckpt).run()
+    assert str(inputs / "03_bad.png") in str(info.value) and "1 input(s) failed (2 processed)" in str(info.value)
     assert sorted(p.name for p in (out / "predictions").iterdir()) == [
         "01_test_prob.png", "01_test_seg.png", "02_test_prob.png", "02_test_seg.png"]
 
@@ -331,9 +330,6 @@ def test_every_input_file_is_predicted_or_named(bundle_module, tiny_dir, tmp_pat
     import logging
 
     inference = bundle_module(AREA, "inference")
-    transforms = bundle_module(AREA, "transforms")
-    from monai.inferers import SlidingWindowInferer
-    from monai.transforms import Activationsd, AsDiscreted, Compose, CopyItemsd
 
     rgb = np.asarray(Image.open(tiny_dir / "test/images/01_test.tif").convert("RGB"))
     inputs = tmp_path / "in"
@@ -360,17 +356,10 @@ def test_every_input_file_is_predicted_or_named(bundle_module, tiny_dir, tmp_pat
     assert f"{inputs / 'im0003_mask.gif'}: FOV mask of im0003" in messages
     assert inference.find_fov(inputs / "im0003.bmp") == str(inputs / "im0003_mask.gif")
 
-    net = _tiny_network()
-    ckpt = tmp_path / "model.pt"
-    torch.save(net.state_dict(), ckpt)
-    pre = Compose([transforms.LoadFundusd(label_key=None), transforms.ClaheGreend("image")])
-    post = Compose([Activationsd("pred", sigmoid=True), CopyItemsd("pred", names="prob"),
-                    AsDiscreted("pred", threshold=0.5), transforms.MaskOutsideFOVd(["pred", "prob"])])
     for extra in ("im0002.PGM", "im0003.bmp", "Image_01L.JPG"):
         (inputs / extra).unlink()
     out = tmp_path / "out"
-    inference.predict_folder(str(inputs), str(out), network=net, preprocessing=pre,
-                             inferer=SlidingWindowInferer((64, 64)), postprocessing=post, ckpt_path=str(ckpt))
+    inference_evaluator(AREA, inputs, out, seeded_checkpoint(AREA, tmp_path / "model.pt")).run()
     assert sorted(p.name for p in (out / "predictions").iterdir()) == ["im0001_prob.png", "im0001_seg.png"]
     assert np.asarray(Image.open(out / "predictions" / "im0001_seg.png")).shape == rgb.shape[:2]
 

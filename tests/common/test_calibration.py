@@ -209,3 +209,15 @@ def test_reliability_writer(tmp_path):
     image = Image.open(path)
     assert image.format == "PNG" and image.size[0] > 200
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics_per_case.csv", "reliability.png"]
+
+
+def test_temperature_scaled_divides_the_logits_and_refuses_a_non_positive_temperature():
+    import torch
+
+    from common.calibration import TemperatureScaled
+
+    out = TemperatureScaled("pred", 2.0)({"pred": torch.tensor([2.0, -4.0]), "case": "a"})
+    assert out["pred"].tolist() == [1.0, -2.0] and out["case"] == "a"
+    for bad in (0.0, -1.0, "warm", None):
+        with pytest.raises(ValueError, match="temperature must be > 0"):
+            TemperatureScaled("pred", bad)

@@ -1,74 +1,68 @@
-"""Whole-volume prediction over a folder of BraTS cases, one NIfTI label map per case in the input's geometry.
+"""Brain inference over a folder of BraTS cases: the bundle's parts of ``inference.json``'s evaluator.
 
 Each case folder ``I/<case>/<case>_{t1,t1ce,t2,flair}.nii.gz`` (labels, if present, are ignored) gives
 ``<output_dir>/predictions/<case>_pred.nii.gz``: BraTS labels {0, 1 NCR, 2 ED, 4 ET} (uint8), with the T1 file's
-shape, affine and voxel size. A case with a bad input is reported and skipped; the others are still predicted, and
-the run then fails naming every bad case (``common.validation.run_each``). Files are written atomically.
+shape, affine and voxel size. ``inference.json`` runs MONAI's evaluator over them (:mod:`common.inference`): a case
+with a bad input is reported and skipped, the others are still predicted, and the run then fails naming every bad
+case. Files are written atomically.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from common.checkpoint import load_network_weights
+from common.inference import output_path
 from common.inputs import folders_only, list_input_folder
 from common.io import save_nifti
-from common.validation import run_each
 
 from .data import case_item, validate_items
 
 logger = logging.getLogger(__name__)
 
-
-def predict_case(item: dict[str, Any], network: torch.nn.Module, preprocessing: Callable, inferer: Callable,
-                 postprocessing: Callable, device: torch.device) -> np.ndarray:
-    """The BraTS label map (HWD, uint8) of one case, in the grid of its input files."""
-    data = preprocessing({"image": item["image"]})
-    with torch.no_grad():
-        data["pred"] = inferer(data["image"][None].to(device), network)[0].cpu()
-    data = postprocessing(data)
-    return np.asarray(torch.as_tensor(data["pred"]).numpy()[0], dtype=np.uint8)
+LAYOUT = "expected <case>/<case>_{t1,t1ce,t2,flair}.nii.gz"
 
 
-def predict_folder(input_dir: str, output_dir: str, network: torch.nn.Module, ckpt_path: str,
-                   preprocessing: Callable, inferer: Callable, postprocessing: Callable,
-                   device: torch.device | str = "cpu") -> list[str]:
-    """Predict every case folder of ``input_dir`` into ``<output_dir>/predictions/``.
+def list_inputs(input_dir: str) -> list[Path]:
+    """The case folders directly in ``input_dir``; every file there is named in a warning (:mod:`common.inputs`).
 
     Raises:
-        common.checkpoint.CheckpointError: ``ckpt_path`` is missing or does not fit (before any case is read).
-        common.validation.DatasetError: ``input_dir`` is missing or holds no case folder (a file directly in it is
-            named in a warning; hidden entries are ignored, :mod:`common.inputs`).
-        common.validation.BatchFailure: after the good cases were written, naming every case that failed.
+        common.validation.DatasetError: ``input_dir`` is missing or holds no case folder.
+    """
+    return list_input_folder(str(input_dir), folders_only(LAYOUT), f"case folders ({LAYOUT})",
+                             what="brain inference input").predict
+
+
+def case_items(case_dir: Path) -> dict[str, Any]:
+    """The item ``{"case", "image": [4 paths], "reference": T1 path}`` of one case folder, every file checked
+    (readable, one geometry, no NaN) before the case is predicted.
+
+    Raises:
+        common.validation.DatasetError: naming the case and the file.
+    """
+    item = case_item(case_dir, with_label=False)
+    validate_items([item], f"brain case {case_dir}")
+    return {**item, "reference": item["image"][0]}
+
+
+def write_case(case: dict[str, Any], output_dir: str) -> str:
+    """Write one case's label map (``pred``, 1HWD after ``postprocessing``) as ``<case>_pred.nii.gz`` in the T1
+    file's geometry; returns the path.
+
+    Raises:
+        RuntimeError: the label map's shape differs from the input's (never written).
     """
     from common.geometry import load
 
-    input_dir, output_dir, device = str(input_dir), str(output_dir), torch.device(device)
-    load_network_weights(network, str(ckpt_path))
-    network.to(device).eval()
-    layout = "expected <case>/<case>_{t1,t1ce,t2,flair}.nii.gz"
-    cases = list_input_folder(input_dir, folders_only(layout), f"case folders ({layout})",
-                              what="brain inference input").predict
-    out = Path(output_dir) / "predictions"
-
-    def one(case_dir: Path) -> str:
-        item = case_item(case_dir, with_label=False)
-        validate_items([item], f"brain case {case_dir}")
-        start = time.perf_counter()
-        label = predict_case(item, network, preprocessing, inferer, postprocessing, device)
-        reference = load(item["image"][0])  # the geometry the network input was resampled from
-        if label.shape != reference.shape:
-            raise RuntimeError(f"prediction shape {label.shape} differs from the input {reference.shape}")
-        path = out / f"{item['case']}_pred.nii.gz"
-        save_nifti(label, reference.affine, path, header=reference.header)
-        logger.info("%s: %s (%.1f s)", item["case"], path, time.perf_counter() - start)
-        return str(path)
-
-    return run_each(cases, one, name_of=lambda p: str(p), what="brain inference")
+    label = np.asarray(torch.as_tensor(case["pred"]).detach().cpu().numpy()[0], dtype=np.uint8)
+    reference = load(case["reference"])  # the geometry the network input was resampled from
+    if label.shape != reference.shape:
+        raise RuntimeError(f"prediction shape {label.shape} differs from the input {reference.shape}")
+    path = output_path(output_dir, f"{case['case']}_pred.nii.gz")
+    save_nifti(label, reference.affine, path, header=reference.header)
+    logger.info("%s: %s", case["case"], path)
+    return str(path)

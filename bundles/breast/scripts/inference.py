@@ -3,26 +3,26 @@
 Outputs (DESIGN.md): ``<output_dir>/predictions.csv`` with ``case, p_benign, p_malignant, label`` (calibrated
 probabilities, see :func:`predict`; label 1 = malignant at ``threshold``) and, with ``explain``,
 ``<output_dir>/predictions/<case>_gradcam.png``: the network input with MONAI's Grad-CAM map for the malignant
-class laid over it (red = evidence for malignancy; ``common.explain``). One bad file does not stop the others; the
-run then ends with an error naming it.
+class laid over it (red = evidence for malignancy; ``common.explain``). ``inference.json`` runs MONAI's evaluator over
+the inputs (:mod:`common.inference`); one bad file does not stop the others, and the run then ends with an error
+naming it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common.checkpoint import load_network_weights, unwrap
-from common.explain import GradCam, enabled, overlay
+from common.explain import GradCam, overlay
+from common.inference import output_path
 from common.inputs import list_input_folder
 from common.io import save_png, write_csv
-from common.validation import Problems, check_dir, run_each
-from scripts.data import csv_path, load_split, require_checkpoint
+from common.validation import Problems, check_dir
+from scripts.data import csv_path, load_split
 
 logger = logging.getLogger(__name__)
 
@@ -73,47 +73,27 @@ def list_inputs(input_dir: str | os.PathLike, crop_source: str = "cropped") -> l
     return items
 
 
-def predict(input_dir: str | os.PathLike, output_dir: str | os.PathLike, network: torch.nn.Module,
-            ckpt_path: str | os.PathLike, preprocessing: Callable, inferer: Callable, postprocessing: Callable,
-            device: Any = "cpu", threshold: float = 0.5, explain: bool | str = True,
-            explain_layer: str = "features.4.relu", crop_source: str = "cropped", temperature: float = 1.0) -> str:
-    """Predict p(malignant) for every input; write predictions.csv (and Grad-CAM PNGs); return the CSV path.
+def write_case(case: dict[str, Any], output_dir: str | os.PathLike, threshold: float = 0.5,
+               cam: GradCam | None = None) -> dict[str, Any]:
+    """One mass's ``predictions.csv`` row ``{case, p_benign, p_malignant, label}`` from ``pred`` (the two calibrated
+    probabilities after ``postprocessing``: softmax of the logits divided by ``temperature``); label 1 when
+    p_malignant >= ``threshold``. With ``cam``, also writes ``<case>_gradcam.png``: the network input (``image``,
+    1xHxW) with the Grad-CAM map of the malignant class over it."""
+    prob = torch.as_tensor(case["pred"]).detach().float().cpu().reshape(-1).numpy()
+    if prob.shape != (2,):
+        raise ValueError(f"{case['case']}: expected 2 class probabilities, got shape {tuple(prob.shape)}")
+    if cam is not None:
+        x = torch.as_tensor(case["image"], dtype=torch.float32)[None]
+        save_png(overlay(x[0, 0].detach().cpu().numpy(), cam(x)[0]),
+                 output_path(output_dir, f"{case['case']}_gradcam.png"))
+    logger.info("%s: p_malignant %.4f", case["case"], prob[1])
+    return {"case": case["case"], "p_benign": float(prob[0]), "p_malignant": float(prob[1]),
+            "label": int(prob[1] >= float(threshold))}
 
-    The probabilities are calibrated: ``postprocessing`` (softmax) of the logits divided by ``temperature`` (fitted
-    on the validation split at training, ``model.json``); ``label`` is 1 when p_malignant >= ``threshold``.
 
-    Raises:
-        FileNotFoundError: missing checkpoint (never predicts from random weights).
-        common.validation.DatasetError: missing or empty input folder.
-        common.validation.BatchFailure: some inputs failed (the others are written); names each failed file.
-    """
-    require_checkpoint(ckpt_path)
-    load_network_weights(network, ckpt_path).eval()
-    items = list_inputs(input_dir, crop_source)
-    out = Path(str(output_dir))
-    temperature, threshold = float(temperature), float(threshold)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature} (from {ckpt_path} or --temperature)")
-    # the eager network (inside a common.backends wrapper): Grad-CAM needs its layers and gradients
-    cam = GradCam(unwrap(network), explain_layer, class_idx=1) if enabled(explain) else None
-    rows: list[dict[str, Any]] = []
-
-    def one(item: dict[str, Any]) -> None:
-        image = preprocessing(dict(item))["image"]
-        x = torch.as_tensor(image, dtype=torch.float32)[None].to(device)
-        with torch.no_grad():
-            prob = postprocessing(inferer(x, network)[0] / temperature).float().cpu().numpy()
-        if cam is not None:
-            save_png(overlay(x[0, 0].cpu().numpy(), cam(x)[0]), out / "predictions" / f"{item['case']}_gradcam.png")
-        rows.append({"case": item["case"], "p_benign": float(prob[0]), "p_malignant": float(prob[1]),
-                     "label": int(prob[1] >= threshold)})
-
-    csv_file = out / "predictions.csv"
-    try:
-        run_each(items, one, name_of=lambda i: f"{i['case']} ({i.get('image', i.get('full'))})",
-                 what="breast inference")
-    finally:
-        if rows:
-            write_csv(csv_file, rows, fieldnames=["case", "p_benign", "p_malignant", "label"])
-    logger.info("predicted %d masses; wrote %s", len(rows), csv_file)
-    return str(csv_file)
+def write_predictions(rows: list[dict[str, Any]], output_dir: str | os.PathLike) -> str:
+    """Write ``<output_dir>/predictions.csv`` (``case, p_benign, p_malignant, label``) atomically; return its path."""
+    path = Path(str(output_dir)) / "predictions.csv"
+    write_csv(path, rows, fieldnames=["case", "p_benign", "p_malignant", "label"])
+    logger.info("predicted %d masses; wrote %s", len(rows), path)
+    return str(path)

@@ -67,28 +67,28 @@ def baseline_metrics(test_dir: Path) -> dict:
 
 
 def network_timing(threads: int, test_dir: Path, ckpt: Path) -> dict:
-    """In-process timings: per patient (ED + ES, whole pipeline) and the network alone on 10-slice volumes."""
+    """In-process timings: per patient (ED + ES through inference.json's evaluator: load, resample, network, invert,
+    write) and the network alone on 10-slice volumes."""
+    import tempfile
+
     import torch
+    from ignite.engine import Events
     from monai.bundle import ConfigParser
 
     torch.set_num_threads(threads)
-    from scripts import data, inference
-
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
-    parser["device"] = "$torch.device('cpu')"
-    parts = {k: parser.get_parsed_content(k) for k in ("network", "preprocessing", "inferer", "postprocessing")}
-    net = parts["network"]
-    net.load_state_dict(torch.load(ckpt, map_location="cpu"))
-    net.eval()
-    per_patient = []
-    for patient in data.list_patients(test_dir):
-        info = data.parse_info_cfg(patient / "Info.cfg")
+    with tempfile.TemporaryDirectory() as out:
+        parser.update({"device": "$torch.device('cpu')", "input_dir": str(test_dir), "output_dir": out,
+                       "ckpt_path": str(ckpt)})
+        evaluator = parser.get_parsed_content("evaluator")  # loads ckpt into the network
+        net = parser.get_parsed_content("network")
+        stamps: list[float] = []
+        evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: stamps.append(time.perf_counter()))
         start = time.perf_counter()
-        for phase in data.PHASES:
-            inference.predict_volume(str(data.frame_path(patient, info[phase])), net, parts["preprocessing"],
-                                     parts["inferer"], parts["postprocessing"], torch.device("cpu"))
-        per_patient.append(time.perf_counter() - start)
+        evaluator.run()
+    ends = stamps[1::2]  # one patient = its ED and ES iterations
+    per_patient = [end - begin for begin, end in zip([start] + ends[:-1], ends)]
     result = {"s_per_patient_in_process_median": sorted(per_patient)[len(per_patient) // 2]}
     roi = parser.get_parsed_content("roi_size")
     for size in (list(roi), [256, 256]):

@@ -1,85 +1,95 @@
-"""Inference over a folder of ACDC patients: ED/ES label maps as NIfTI (input affine and shape) and clinical.csv."""
+"""Cardiac inference over a folder of ACDC patients: the bundle's parts of ``inference.json``'s evaluator.
+
+Each patient folder ``I/<patient>/`` (``Info.cfg`` + ED/ES frames; labels, if present, are ignored) gives
+``<output_dir>/predictions/<patient>_frameXX_seg.nii.gz`` for its ED and ES frames (uint8 labels 0 background,
+1 RV, 2 MYO, 3 LV; the input's affine and shape) and one row of ``<output_dir>/clinical.csv``. ``inference.json``
+runs MONAI's evaluator over the ED and ES volumes (:mod:`common.inference`): a bad patient is reported and skipped,
+the others are still predicted, and the run then fails naming it; a patient's masks are written only when both
+phases were predicted, so nothing is half-written.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from common.checkpoint import load_network_weights
 from common.geometry import load, voxel_sizes
+from common.inference import output_path
 from common.inputs import folders_only, list_input_folder
 from common.io import save_nifti, write_csv
-from common.validation import Problems, run_each
+from common.validation import Problems
 from scripts.clinical import CLINICAL_COLUMNS, clinical_indices
-from scripts.data import check_patient, require_checkpoint
+from scripts.data import check_patient
 
 logger = logging.getLogger(__name__)
 
-
-def predict_volume(path: str, network: torch.nn.Module, preprocessing: Callable, inferer: Callable,
-                   postprocessing: Callable, device: torch.device) -> np.ndarray:
-    """Label map (uint8, the input's voxel grid) of one short-axis stack: preprocess, slice-wise network, invert."""
-    data = preprocessing({"image": path})
-    with torch.no_grad():
-        data["pred"] = inferer(data["image"][None].to(device), network)[0].cpu()
-    data = postprocessing(data)
-    return np.asarray(data["pred"].detach().cpu().numpy()[0]).astype(np.uint8)
+LAYOUT = "expected <patient>/Info.cfg + ED/ES frames"
 
 
-def predict_patient(patient_dir: Path, output_dir: Path, network: torch.nn.Module, preprocessing: Callable,
-                    inferer: Callable, postprocessing: Callable, device: torch.device) -> dict[str, Any]:
-    """Check one patient, predict ED and ES, then write both masks; return the clinical.csv row."""
-    problems = Problems(f"cardiac input patient {patient_dir.name}")
-    items = check_patient(patient_dir, problems, need_labels=False)
-    problems.raise_if_any()
-    labels, headers = {}, {}
-    for item in items:
-        reference = load(item["image"])  # the geometry the network input was resampled from (common.geometry)
-        label = predict_volume(item["image"], network, preprocessing, inferer, postprocessing, device)
-        if label.shape != reference.shape[:3]:
-            raise RuntimeError(f"{item['image']}: prediction shape {label.shape} differs from input {reference.shape}")
-        labels[item["phase"]], headers[item["phase"]] = label, reference
-    for item in items:  # both phases predicted: only now write, so a failure leaves nothing half-written
-        reference = headers[item["phase"]]
-        stem = Path(item["image"]).name[: -len(".nii.gz")]
-        header = reference.header.copy()
-        header.set_data_dtype(np.uint8)
-        save_nifti(labels[item["phase"]], reference.affine, output_dir / "predictions" / f"{stem}_seg.nii.gz", header)
-    spacing = list(voxel_sizes(headers["ED"]))
-    return clinical_indices(labels["ED"], labels["ES"], spacing, patient_dir.name)
-
-
-def run(input_dir: str, output_dir: str, ckpt_path: str, network: torch.nn.Module, preprocessing: Callable,
-        inferer: Callable, postprocessing: Callable, device: torch.device) -> list[dict[str, Any]]:
-    """Predict every patient folder of ``input_dir``; write ``predictions/*_seg.nii.gz`` and ``clinical.csv``.
-
-    A bad patient does not stop the others; at the end :class:`common.validation.BatchFailure` names every failed
-    patient (non-zero exit). ``clinical.csv`` holds the patients that succeeded.
+def list_inputs(input_dir: str) -> list[Path]:
+    """The patient folders directly in ``input_dir``; every file there is named in a warning (:mod:`common.inputs`).
 
     Raises:
-        FileNotFoundError: the checkpoint does not exist.
-        DatasetError: ``input_dir`` is missing or holds no patient folder (a file directly in it is named in a
-            warning; hidden entries are ignored, :mod:`common.inputs`).
+        common.validation.DatasetError: ``input_dir`` is missing or holds no patient folder.
     """
-    require_checkpoint(str(ckpt_path))
-    load_network_weights(network, str(ckpt_path)).eval()
-    folder, out = Path(str(input_dir)), Path(str(output_dir))
-    layout = "expected <patient>/Info.cfg + ED/ES frames"
-    patients = list_input_folder(folder, folders_only(layout), f"patient folders ({layout})",
-                                 what="cardiac inference input").predict
-    rows: list[dict[str, Any]] = []
-    try:
-        run_each(patients, lambda p: rows.append(
-            predict_patient(p, out, network, preprocessing, inferer, postprocessing, device)),
-            name_of=lambda p: f"{p.name} ({p})", what="cardiac inference")
-    finally:
-        if rows:
-            write_csv(out / "clinical.csv", rows, CLINICAL_COLUMNS)
-            logger.info("wrote %d patients' masks to %s and clinical indices to %s", len(rows), out / "predictions",
-                        out / "clinical.csv")
-    return rows
+    return list_input_folder(str(input_dir), folders_only(LAYOUT), f"patient folders ({LAYOUT})",
+                             what="cardiac inference input").predict
+
+
+def case_items(patient_dir: Path) -> list[dict[str, Any]]:
+    """The ED and ES items ``{"image", "patient", "phase", "reference": the image path}`` of one patient folder,
+    checked before any compute.
+
+    Raises:
+        common.validation.DatasetError: ``Info.cfg`` or a frame is missing or bad (naming the patient and file).
+    """
+    problems = Problems(f"cardiac input patient {patient_dir.name}")
+    items = check_patient(Path(patient_dir), problems, need_labels=False)
+    problems.raise_if_any()
+    return [{**item, "reference": item["image"]} for item in items]
+
+
+class PatientWriter:
+    """``write`` of the :class:`common.inference.CaseWriter`: keeps a patient's first phase and, when the second
+    arrives, writes both masks as ``<frame>_seg.nii.gz`` (the input's affine, shape and header, uint8) and returns
+    the patient's ``clinical.csv`` row (:func:`scripts.clinical.clinical_indices`, ED voxel spacing).
+
+    Raises:
+        RuntimeError: a mask's shape differs from its input's (nothing of that patient is written).
+    """
+
+    def __init__(self, output_dir: str) -> None:
+        self.output_dir = str(output_dir)
+        self.pending: dict[str, dict[str, tuple[np.ndarray, Any, str]]] = {}
+
+    def __call__(self, case: dict[str, Any]) -> dict[str, Any] | None:
+        label = np.asarray(torch.as_tensor(case["pred"]).detach().cpu().numpy()[0]).astype(np.uint8)
+        reference = load(case["reference"])  # the geometry the network input was resampled from
+        if label.shape != reference.shape[:3]:
+            raise RuntimeError(f"{case['reference']}: prediction shape {label.shape} differs from input "
+                               f"{reference.shape}")
+        phases = self.pending.setdefault(case["patient"], {})
+        phases[case["phase"]] = (label, reference, case["reference"])
+        if len(phases) < 2:
+            return None
+        del self.pending[case["patient"]]
+        for label, reference, path in phases.values():  # both phases predicted: only now write
+            header = reference.header.copy()
+            header.set_data_dtype(np.uint8)
+            stem = Path(path).name[: -len(".nii.gz")]
+            save_nifti(label, reference.affine, output_path(self.output_dir, f"{stem}_seg.nii.gz"), header)
+        logger.info("%s: ED and ES masks written to %s", case["patient"], output_path(self.output_dir, ""))
+        spacing = list(voxel_sizes(phases["ED"][1]))
+        return clinical_indices(phases["ED"][0], phases["ES"][0], spacing, case["patient"])
+
+
+def write_clinical(rows: list[dict[str, Any]], output_dir: str) -> str:
+    """Write ``<output_dir>/clinical.csv`` (one row per patient that succeeded, :data:`CLINICAL_COLUMNS`)."""
+    path = Path(str(output_dir)) / "clinical.csv"
+    write_csv(path, rows, CLINICAL_COLUMNS)
+    logger.info("clinical indices of %d patient(s) written to %s", len(rows), path)
+    return str(path)

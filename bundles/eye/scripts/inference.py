@@ -1,5 +1,9 @@
 """Vessel prediction over a folder of fundus images: a probability PNG and a binary mask PNG per image.
 
+``inference.json`` runs MONAI's evaluator over the images (:mod:`common.inference`); this module gives its parts:
+the input listing, the item of one image and the writer of one image's outputs. A bad image does not stop the
+others; the run then fails naming every failed file (non-zero exit).
+
 Outputs, under ``<output_dir>/predictions/``, at the input's size: ``<stem>_prob.png`` (uint8, probability x 255)
 and ``<stem>_seg.png`` (uint8, vessel = 255 as in DRIVE's ``1st_manual``, background 0); both are 0 outside the FOV.
 The FOV mask is looked up as ``<stem>_mask.*`` beside the image, in ``mask/`` below or beside the image folder
@@ -9,17 +13,15 @@ The FOV mask is looked up as ``<stem>_mask.*`` beside the image, in ``mask/`` be
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from common.checkpoint import load_network_weights
+from common.inference import output_path
 from common.inputs import list_input_folder
 from common.io import save_png
-from common.validation import run_each
 
 from .data import IMAGE_SUFFIX_TEXT, IMAGE_SUFFIXES, MASK_SUFFIXES
 
@@ -79,39 +81,21 @@ def list_inputs(input_dir: str) -> list[Path]:
     return list_input_folder(input_dir, classify_input, f"fundus image ({IMAGE_SUFFIX_TEXT})").predict
 
 
-@torch.no_grad()
-def predict_image(image: Path, output_dir: str, network: torch.nn.Module, preprocessing: Callable,
-                  inferer: Callable, postprocessing: Callable, device: torch.device) -> list[str]:
-    """Predict one image and write its probability and mask PNGs; returns the written paths.
+def case_items(image: Path) -> dict[str, Any]:
+    """The item of one fundus image: ``{"image": path, "fov": its FOV mask path or "" (estimated), "case": stem}``."""
+    return {"image": str(image), "fov": find_fov(image), "case": image.stem}
 
-    ``postprocessing`` maps ``{"pred": logits (1xHxW), "fov": ...}`` to ``pred`` (binary) and ``prob``.
+
+def write_case(case: dict[str, Any], output_dir: str) -> list[str]:
+    """Write one image's probability and mask PNGs; returns the written paths.
+
+    ``case`` holds ``prob`` (1xHxW, in [0, 1]) and ``pred`` (1xHxW, binary), both 0 outside the FOV after
+    ``postprocessing``: ``<stem>_prob.png`` is the probability x 255, ``<stem>_seg.png`` the mask as 0/255 (uint8).
     """
-    data = preprocessing({"image": str(image), "fov": find_fov(image), "case": image.stem})
-    logits = inferer(torch.as_tensor(data["image"])[None].to(device), network)
-    out = postprocessing({"pred": torch.as_tensor(logits)[0].detach().cpu(), "fov": data["fov"]})
-    prob_u8 = np.round(torch.as_tensor(out["prob"])[0].numpy() * 255).astype(np.uint8)
-    mask_u8 = (torch.as_tensor(out["pred"])[0].numpy() > 0).astype(np.uint8) * 255
-    out = Path(str(output_dir)) / "predictions"
-    paths = [out / f"{image.stem}_prob.png", out / f"{image.stem}_seg.png"]
+    prob_u8 = np.round(torch.as_tensor(case["prob"]).detach().cpu()[0].numpy() * 255).astype(np.uint8)
+    mask_u8 = (torch.as_tensor(case["pred"]).detach().cpu()[0].numpy() > 0).astype(np.uint8) * 255
+    paths = [output_path(output_dir, f"{case['case']}_prob.png"), output_path(output_dir, f"{case['case']}_seg.png")]
     save_png(prob_u8, paths[0])
     save_png(mask_u8, paths[1])
+    logger.info("%s: %s, %s", case["case"], paths[0], paths[1])
     return [str(p) for p in paths]
-
-
-def predict_folder(input_dir: str, output_dir: str, network: torch.nn.Module, preprocessing: Callable,
-                   inferer: Callable, postprocessing: Callable, ckpt_path: str, device: Any = "cpu") -> list[str]:
-    """Predict every fundus image of ``input_dir`` with the weights of ``ckpt_path``.
-
-    A bad image does not stop the others; at the end ``BatchFailure`` names every failed file (non-zero exit).
-
-    Raises:
-        DatasetError: no input folder or no image; CheckpointError: missing or unfitting checkpoint.
-    """
-    images = list_inputs(input_dir)
-    load_network_weights(network, ckpt_path)
-    network.eval()
-    written = run_each(images, lambda p: predict_image(p, output_dir, network, preprocessing, inferer,
-                                                       postprocessing, torch.device(device)),
-                       name_of=str, what="eye vessel inference")
-    logger.info("wrote %d prediction files to %s", sum(len(w) for w in written), Path(output_dir) / "predictions")
-    return [p for w in written for p in w]
