@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from bundle_harness import REPO, config_list, import_bundle_module, run_monai_bundle
+from common.checkpoint import CheckpointError
 
 AREA = "breast"
 TRAIN_CSV, TEST_CSV = "mass_case_description_train_set.csv", "mass_case_description_test_set.csv"
@@ -542,7 +543,7 @@ def test_inference_without_checkpoint_is_a_clear_error(tiny_data, tmp_path):
     inference = mod("inference")
     parts, net, _ = _inference_parts(tmp_path)
     missing = tmp_path / "no" / "model.pt"
-    with pytest.raises(FileNotFoundError, match="train first"):
+    with pytest.raises(CheckpointError, match="train first"):
         inference.predict(tiny_data, tmp_path / "out", net, missing, **parts)
     assert files_under(tmp_path / "out") == []
     empty = tmp_path / "empty"

@@ -22,7 +22,7 @@ from common.explain import GradCam, enabled, overlay
 from common.inputs import list_input_folder
 from common.io import save_png, write_csv
 from common.validation import Problems, check_dir, run_each
-from scripts.data import csv_path, load_split, require_checkpoint
+from scripts.data import csv_path, load_split
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,6 @@ def predict(input_dir: str | os.PathLike, output_dir: str | os.PathLike, network
         common.validation.DatasetError: missing or empty input folder.
         common.validation.BatchFailure: some inputs failed (the others are written); names each failed file.
     """
-    require_checkpoint(ckpt_path)
     load_network_weights(network, ckpt_path).eval()
     items = list_inputs(input_dir, crop_source)
     out = Path(str(output_dir))

@@ -188,14 +188,14 @@ def lesion_masks(dataset_dir: str | os.PathLike, split: str = "test", margin: fl
     return out
 
 
-def cam_in_lesion(network: Any, preprocessing: Any, dataset_dir: str | os.PathLike, image_size: int,
+def cam_in_lesion(network: Any, preprocessing: Any, dataset_dir: str | os.PathLike, roi_size: int,
                   crop_source: str = "cropped", margin: float = 0.25, layer: str = "features.4.relu",
                   device: Any = "cpu", explain: Any = True, split: str = "test") -> dict[str, Any]:
     """Faithfulness of Grad-CAM where the lesion is known: ``cam_in_lesion``, the mean over cases of the share of the
     malignant-class Grad-CAM's mass inside the ROI mask (``common.explain.mass_inside``), beside
     ``lesion_area_fraction``, the mean share of the image the mask covers (what a uniform map scores), and
     ``cam_in_lesion_num_cases`` (cases whose mask could be placed on the network input, see :func:`lesion_masks`).
-    The mask goes through the image's geometric steps (longest side resized to ``image_size`` by area averaging,
+    The mask goes through the image's geometric steps (longest side resized to ``roi_size`` by area averaging,
     zero-padded to a square; a pixel counts as lesion from 0.5). All None when ``explain`` is false or no case has a
     usable mask. An ``extra`` entry of the evaluate ``EvaluationWriter`` (called once, at the end)."""
     from monai.transforms import Resize, ResizeWithPadOrCrop
@@ -207,7 +207,7 @@ def cam_in_lesion(network: Any, preprocessing: Any, dataset_dir: str | os.PathLi
     if not enabled(explain):
         return empty
     masks = lesion_masks(dataset_dir, split, margin)
-    size = int(image_size)
+    size = int(roi_size)
     resize, pad = Resize(size, size_mode="longest", mode="area"), ResizeWithPadOrCrop((size, size), mode="constant")
     cam = GradCam(network, layer, class_idx=1)
     was_training = network.training
