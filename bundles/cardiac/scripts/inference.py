@@ -16,7 +16,7 @@ from common.inputs import folders_only, list_input_folder
 from common.io import save_nifti, write_csv
 from common.validation import Problems, run_each
 from scripts.clinical import CLINICAL_COLUMNS, clinical_indices
-from scripts.data import check_patient, require_checkpoint
+from scripts.data import check_patient
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,6 @@ def run(input_dir: str, output_dir: str, ckpt_path: str, network: torch.nn.Modul
         DatasetError: ``input_dir`` is missing or holds no patient folder (a file directly in it is named in a
             warning; hidden entries are ignored, :mod:`common.inputs`).
     """
-    require_checkpoint(str(ckpt_path))
     load_network_weights(network, str(ckpt_path)).eval()
     folder, out = Path(str(input_dir)), Path(str(output_dir))
     layout = "expected <patient>/Info.cfg + ED/ES frames"
