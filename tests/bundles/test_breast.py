@@ -334,19 +334,24 @@ def rows_from(labels, scores, threshold=0.5):
 
 
 def test_metrics_on_a_known_confusion_matrix():
+    """The evaluate.json metric entries (common.classification on breast's row columns) on a hand-counted table."""
+    from common.classification import row_auc, row_confusion_metric
+
+    def metric(name, rows):
+        return row_confusion_metric(rows, name, "predicted")
+
     metrics = mod("metrics")
     # TP = 3, FN = 2 (malignant); TN = 4, FP = 1 (benign)
     rows = rows_from([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], [0.9, 0.8, 0.7, 0.2, 0.1, 0.6, 0.4, 0.3, 0.2, 0.1])
-    assert metrics.confusion(rows) == {"tp": 3, "fp": 1, "tn": 4, "fn": 2}
-    assert metrics.accuracy(rows) == pytest.approx(7 / 10)
-    assert metrics.precision(rows) == pytest.approx(3 / 4)
-    assert metrics.sensitivity(rows) == pytest.approx(3 / 5)
-    assert metrics.specificity(rows) == pytest.approx(4 / 5)
+    assert metric("accuracy", rows) == pytest.approx(7 / 10)
+    assert metric("precision", rows) == pytest.approx(3 / 4)
+    assert metric("sensitivity", rows) == pytest.approx(3 / 5)
+    assert metric("specificity", rows) == pytest.approx(4 / 5)
     # AUC by hand: positives {0.9, 0.4}, negatives {0.5, 0.1, 0.4}: 3 + (1 + 0.5) wins of 6 pairs = 0.75
-    assert metrics.auc(rows_from([1, 1, 0, 0, 0], [0.9, 0.4, 0.5, 0.1, 0.4])) == pytest.approx(0.75)
+    assert row_auc(rows_from([1, 1, 0, 0, 0], [0.9, 0.4, 0.5, 0.1, 0.4]), "p_malignant") == pytest.approx(0.75)
     only_benign = rows_from([0, 0], [0.2, 0.7])
-    assert metrics.auc(only_benign) is None and metrics.sensitivity(only_benign) is None
-    assert metrics.precision(rows_from([1, 0], [0.1, 0.2])) is None
+    assert row_auc(only_benign, "p_malignant") is None and metric("sensitivity", only_benign) is None
+    assert metric("precision", rows_from([1, 0], [0.1, 0.2])) is None
     fpr, tpr = metrics.roc_points(rows_from([1, 0], [0.8, 0.3]))
     assert fpr.tolist() == [0.0, 0.0, 1.0] and tpr.tolist() == [0.0, 1.0, 1.0]
 

@@ -136,15 +136,17 @@ def test_synthesized_layout_and_slide_pyramid(dataset):
 
 # ------------------------------------------------------------------------------------------------ metrics
 def test_patch_metrics_hand_computed():
-    metrics = mod("metrics")
-    rows = [{"label": 0, "prob_tumour": 0.1}, {"label": 0, "prob_tumour": 0.6},
-            {"label": 1, "prob_tumour": 0.4}, {"label": 1, "prob_tumour": 0.9}]
+    """The evaluate.json metric entries (common.classification on pathology's row columns) on a hand-made table."""
+    from common.classification import row_auc, row_confusion_metric
+
+    rows = [{"label": 0, "prob_tumour": 0.1, "pred": 0}, {"label": 0, "prob_tumour": 0.6, "pred": 1},
+            {"label": 1, "prob_tumour": 0.4, "pred": 0}, {"label": 1, "prob_tumour": 0.9, "pred": 1}]
     # positive/negative pairs ranked correctly: (0.4>0.1), (0.9>0.1), (0.9>0.6) = 3 of 4
-    assert metrics.auc(rows) == pytest.approx(0.75)
-    assert metrics.accuracy(rows) == pytest.approx(0.5)  # predictions 0,1,0,1
-    assert metrics.sensitivity(rows) == pytest.approx(0.5)
-    assert metrics.specificity(rows) == pytest.approx(0.5)
-    assert metrics.auc(rows[:2]) is None and metrics.sensitivity(rows[:2]) is None
+    assert row_auc(rows, "prob_tumour") == pytest.approx(0.75)
+    assert row_confusion_metric(rows, "accuracy", "pred") == pytest.approx(0.5)  # predictions 0,1,0,1
+    assert row_confusion_metric(rows, "sensitivity", "pred") == pytest.approx(0.5)
+    assert row_confusion_metric(rows, "specificity", "pred") == pytest.approx(0.5)
+    assert row_auc(rows[:2], "prob_tumour") is None and row_confusion_metric(rows[:2], "sensitivity", "pred") is None
 
 
 # ------------------------------------------------------------------------------------------------ heat-map geometry
