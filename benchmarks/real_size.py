@@ -55,13 +55,13 @@ BRATS_SHAPE = (240, 240, 155)
 AREAS: dict[str, dict[str, Any]] = {
     "brain": {"synthesize": {"num_cases": 2, "synthetic_spacing": 1.0}, "train": {},
               "real_size": "BraTS 2021 grid 240 x 240 x 155 at 1 mm, 4 modalities"},
-    "eye": {"synthesize": {"num_cases": 3, "image_height": 584, "image_width": 565}, "train": {},
+    "eye": {"synthesize": {"num_cases": 3, "synthetic_image_size": [584, 565]}, "train": {},
             "real_size": "DRIVE 565 x 584 RGB"},
-    "pathology": {"synthesize": {"num_cases": 256, "num_slides": 1, "slide_size": 1024}, "train": {},
+    "pathology": {"synthesize": {"num_cases": 256, "num_slides": 1, "synthetic_image_size": 1024}, "train": {},
                   "real_size": "PCam 96 x 96 RGB patches"},
     "breast": {"synthesize": {"num_cases": 48}, "train": {},
                "real_size": f"CBIS-DDSM mass crops resampled to {BREAST_CROP_SIDE} x {BREAST_CROP_SIDE} px"},
-    "cardiac": {"synthesize": {"num_cases": 5, "num_test_cases": 1, "image_size": 144}, "train": {},
+    "cardiac": {"synthesize": {"num_cases": 5, "num_test_cases": 1, "synthetic_image_size": 144}, "train": {},
                 "real_size": "ACDC short axis, 144 x 144 matrix at 1.3-1.6 mm in plane"},
 }
 

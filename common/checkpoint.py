@@ -52,15 +52,35 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         torch.save(obj, tmp)
 
 
+def require_checkpoint(path: str | Path) -> str:
+    """The one checkpoint check of every bundle's evaluate and inference, run before any data is read: ``path`` exists
+    and unpickles (:func:`load_checkpoint`), so a missing or damaged file stops the run with its name.
+
+    Evaluate calls it as the first-but-data component of ``run``, ``{"_target_":
+    "common.checkpoint.require_checkpoint", "path": "$str(@ckpt_path)"}``; inference reaches the same check through
+    :func:`load_network_weights` before any input is read.
+
+    Returns:
+        ``path`` as a string.
+
+    Raises:
+        CheckpointError: ``path`` does not exist (the message says to train first with the same ``--output_dir`` or
+        to pass ``--ckpt_path``), or is truncated or corrupt.
+    """
+    load_checkpoint(path)
+    return str(path)
+
+
 def load_checkpoint(path: str | Path) -> Any:
     """``torch.load`` onto the CPU with a clear error for a missing, truncated or corrupt file.
 
     Raises:
-        CheckpointError: the file does not exist or cannot be unpickled.
+        CheckpointError: the file does not exist or cannot be unpickled; the message names the file.
     """
     path = Path(str(path))
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist: train first, or pass --ckpt_path to an existing file")
+        raise CheckpointError(f"checkpoint {path} does not exist: train first (same --output_dir), or pass "
+                              "--ckpt_path to an existing model.pt")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file

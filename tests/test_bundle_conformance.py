@@ -546,3 +546,117 @@ def test_printed_run_commands_name_existing_configs_and_ids(area):
         assert not unknown, f"{area}: {' '.join(words)} sets ids no config defines: {unknown}"
         if any(p.name == "inference.json" for p in paths):
             assert "input_dir" in flags, f"{area}: {' '.join(words)} has no --input_dir"
+
+
+# ------------------------------------------------------------------------------ the dialect (issue 14, item 1)
+# docs/bundle-conventions.md "One dialect": one id per meaning, one form per mechanism, in every bundle.
+RETIRED_IDS = {  # old id -> the dialect's id; none may come back in any config
+    "samples_per_image": "samples_per_case", "slices_per_volume": "samples_per_case",
+    "patch_size": "roi_size", "inference_roi": "sw_roi_size", "image_size": "roi_size or synthetic_image_size",
+    "image_height": "synthetic_image_size", "image_width": "synthetic_image_size", "slide_size": "synthetic_image_size",
+    "test": "dataset/dataloader", "test_data": "dataset", "test_dataset": "dataset", "test_dataloader": "dataloader",
+    "test_preprocessing": "preprocessing", "test_postprocessing": "postprocessing", "evaluate_split": "dataset",
+    "check_checkpoint": "common.checkpoint.require_checkpoint in run",
+}
+RANK0_ONLY = "$not common.distributed.is_rank0()"
+REQUIRE_CHECKPOINT = {"_target_": "common.checkpoint.require_checkpoint", "path": "$str(@ckpt_path)"}
+
+
+def raw_config(area: str, name: str) -> dict:
+    return json.loads((BUNDLES / area / "configs" / f"{name}.json").read_text())
+
+
+def walk(node, path=""):
+    """Every (path, key, value) of a JSON tree."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield path, key, value
+            yield from walk(value, f"{path}#{key}" if path else key)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from walk(value, f"{path}#{i}")
+
+
+@pytest.mark.parametrize("area", AREAS)
+def test_dialect_ids(area):
+    """One id per meaning: ``roi_size`` (network input) in train.json and recorded beside the model, read back by
+    evaluate and inference; crops per case only through ``samples_per_case``; the phantom's geometry through
+    ``synthetic_image_size`` / ``synthetic_spacing`` in synthesize.json and train.json; no retired id anywhere."""
+    configs = {n: raw_config(area, n) for n in ("train", "evaluate", "inference", "multi_gpu_train", "synthesize",
+                                                 "tiny")}
+    for name, cfg in configs.items():
+        back = sorted(set(cfg) & set(RETIRED_IDS))
+        assert not back, f"{area}: {name}.json defines retired ids {back} (use {[RETIRED_IDS[k] for k in back]})"
+    train = configs["train"]
+    assert "roi_size" in train, f"{area}: train.json has no roi_size (the network input size)"
+    # the network input at inference: the sliding window where it differs from the training patch (eye), else roi_size
+    window = "sw_roi_size" if "sw_roi_size" in train else "roi_size"
+    saver = [h for h in train["validate"]["handlers"] if h.get("_target_") == "common.checkpoint.BestModelSaver"]
+    assert saver and saver[0]["settings"].get(window) == f"@{window}", f"{area}: {window} not in model.json"
+    read_back = configs["inference"][window]
+    assert read_back.startswith(f"$common.checkpoint.model_setting(@ckpt_path, '{window}',"), read_back
+    inferers = [v for p, k, v in walk(train) if k == "_target_" and v == "SlidingWindowInferer"]
+    if inferers:  # one sliding-window id per meaning: roi_size or sw_roi_size, sw_batch_size, sw_overlap
+        for part in ("validate",):
+            inferer = train[part]["inferer"]
+            assert (inferer["roi_size"], inferer["sw_batch_size"], inferer["overlap"]) == (
+                f"@{window}", "@sw_batch_size", "@sw_overlap"), f"{area}: {inferer}"
+    crops = [(p, v) for p, k, v in walk(train) if k == "num_samples"]
+    assert all(v == "@samples_per_case" for _, v in crops), f"{area}: crops per case not by samples_per_case: {crops}"
+    assert bool(crops) == ("samples_per_case" in train), f"{area}: samples_per_case defined but unused (or not)"
+    geometry = {"synthetic_image_size", "synthetic_spacing"}
+    assert geometry & set(configs["synthesize"]), f"{area}: synthesize.json names no phantom geometry id"
+    assert geometry & set(configs["synthesize"]) <= set(train), f"{area}: train.json (first-use synthesis) differs"
+
+
+@pytest.mark.parametrize("area", AREAS)
+def test_dialect_evaluate_split_and_checkpoint_check(area):
+    """evaluate.json names the test split with the Model Zoo's ids ``preprocessing`` -> ``dataset`` -> ``dataloader``
+    -> ``evaluator``, and checks the checkpoint with ``common.checkpoint.require_checkpoint`` before the evaluator
+    runs; no bundle keeps a checkpoint check of its own."""
+    evaluate = raw_config(area, "evaluate")
+    assert {"preprocessing", "dataset", "dataloader", "evaluator"} <= set(evaluate), sorted(evaluate)
+    assert evaluate["dataset"]["transform"] == "@preprocessing"
+    assert evaluate["dataloader"]["dataset"] == "@dataset"
+    assert evaluate["evaluator"]["val_data_loader"] == "@dataloader"
+    run = evaluate["run"]
+    assert REQUIRE_CHECKPOINT in run, f"{area}: evaluate's run does not check the checkpoint: {run}"
+    assert run.index(REQUIRE_CHECKPOINT) < run.index("$@evaluator.run()")
+    for path in (BUNDLES / area / "scripts").glob("*.py"):
+        own = re.findall(r"^def (\w*checkpoint\w*)\(", path.read_text(), re.MULTILINE)
+        assert not own, f"{area}: {path.name} defines its own checkpoint helper {own}; use common.checkpoint"
+
+
+@pytest.mark.parametrize("area", AREAS)
+def test_dialect_multi_process_mixin(area):
+    """multi_gpu_train.json holds flat ids only and no ``$`` list comprehension filtering handlers; train.json's
+    dataloaders read ``train_sampler``/``train_shuffle``/``val_sampler`` (None/True/None alone, the mixin sets them),
+    and every ``StatsHandler`` of training and validation is off on ranks other than 0 by its own ``_disabled_``."""
+    mixin, train = raw_config(area, "multi_gpu_train"), raw_config(area, "train")
+    nested = [k for k in mixin if "#" in k]
+    assert not nested, f"{area}: multi_gpu_train.json overrides nested ids {nested}; use flat ids"
+    text = json.dumps(mixin) + json.dumps(train["train"]["trainer"]) + json.dumps(train["validate"]["evaluator"])
+    for needle in ("__name__", "isinstance", " for h in "):
+        assert needle not in text, f"{area}: handlers filtered by a `{needle}` expression; use _disabled_"
+    assert {"train_sampler", "train_shuffle", "val_sampler"} <= set(mixin) and mixin["train_shuffle"] is False
+    assert (train["train_sampler"], train["train_shuffle"], train["val_sampler"]) == (None, True, None)
+    assert train["train"]["dataloader"]["sampler"] == "@train_sampler"
+    assert train["train"]["dataloader"]["shuffle"] == "@train_shuffle"
+    assert train["validate"]["dataloader"]["sampler"] == "@val_sampler"
+    assert train["train"]["trainer"]["train_handlers"] == "@train#handlers"
+    assert train["validate"]["evaluator"]["val_handlers"] == "@validate#handlers"
+    stats = [h for part in ("train", "validate") for h in train[part]["handlers"] if h["_target_"] == "StatsHandler"]
+    assert stats and all(h.get("_disabled_") == RANK0_ONLY for h in stats), f"{area}: {stats}"
+
+
+@pytest.mark.parametrize("area", AREAS)
+def test_dialect_classification_metrics_on_monai(area):
+    """AUC and the confusion-matrix ratios come from ``common.classification`` (MONAI), not from bundle code."""
+    evaluate = raw_config(area, "evaluate")
+    for _, key, value in walk(evaluate):
+        if key == "_target_" and isinstance(value, str) and value.startswith("scripts.metrics."):
+            assert value.rsplit(".", 1)[1] not in {"auc", "accuracy", "precision", "sensitivity", "specificity"}, value
+    for path in (BUNDLES / area / "scripts").glob("*.py"):
+        if path.name.startswith("benchmark"):
+            continue  # baselines outside the bundle's workflows
+        assert "roc_auc_score" not in path.read_text(), f"{area}: {path.name} computes its own AUC"

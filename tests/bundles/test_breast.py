@@ -341,34 +341,44 @@ def rows_from(labels, scores, threshold=0.5):
 
 
 def test_metrics_on_a_known_confusion_matrix():
+    """The evaluate.json metric entries (common.classification on breast's row columns) on a hand-counted table."""
+    from common.classification import row_auc, row_confusion_metric
+
+    def metric(name, rows):
+        return row_confusion_metric(rows, name, "predicted")
+
     metrics = mod("metrics")
     # TP = 3, FN = 2 (malignant); TN = 4, FP = 1 (benign)
     rows = rows_from([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], [0.9, 0.8, 0.7, 0.2, 0.1, 0.6, 0.4, 0.3, 0.2, 0.1])
-    assert metrics.confusion(rows) == {"tp": 3, "fp": 1, "tn": 4, "fn": 2}
-    assert metrics.accuracy(rows) == pytest.approx(7 / 10)
-    assert metrics.precision(rows) == pytest.approx(3 / 4)
-    assert metrics.sensitivity(rows) == pytest.approx(3 / 5)
-    assert metrics.specificity(rows) == pytest.approx(4 / 5)
+    assert metric("accuracy", rows) == pytest.approx(7 / 10)
+    assert metric("precision", rows) == pytest.approx(3 / 4)
+    assert metric("sensitivity", rows) == pytest.approx(3 / 5)
+    assert metric("specificity", rows) == pytest.approx(4 / 5)
     # AUC by hand: positives {0.9, 0.4}, negatives {0.5, 0.1, 0.4}: 3 + (1 + 0.5) wins of 6 pairs = 0.75
-    assert metrics.auc(rows_from([1, 1, 0, 0, 0], [0.9, 0.4, 0.5, 0.1, 0.4])) == pytest.approx(0.75)
+    assert row_auc(rows_from([1, 1, 0, 0, 0], [0.9, 0.4, 0.5, 0.1, 0.4]), "p_malignant") == pytest.approx(0.75)
     only_benign = rows_from([0, 0], [0.2, 0.7])
-    assert metrics.auc(only_benign) is None and metrics.sensitivity(only_benign) is None
-    assert metrics.precision(rows_from([1, 0], [0.1, 0.2])) is None
+    assert row_auc(only_benign, "p_malignant") is None and metric("sensitivity", only_benign) is None
+    assert metric("precision", rows_from([1, 0], [0.1, 0.2])) is None
     fpr, tpr = metrics.roc_points(rows_from([1, 0], [0.8, 0.3]))
     assert fpr.tolist() == [0.0, 0.0, 1.0] and tpr.tolist() == [0.0, 1.0, 1.0]
 
 
 def test_metrics_at_a_second_operating_point_hand_computed():
-    metrics = mod("metrics")
+    from common.classification import row_confusion_metric, row_confusion_metric_at
+
     # predicted at a recorded threshold of 0.75 (TP 2, FN 3, TN 5, FP 0); at 0.5: TP 3, FN 2, TN 4, FP 1
-    rows = metrics.at_threshold(rows_from([1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
-                                          [0.9, 0.8, 0.7, 0.2, 0.1, 0.6, 0.4, 0.3, 0.2, 0.1]), 0.75)
-    assert metrics.sensitivity(rows) == pytest.approx(2 / 5) and metrics.specificity(rows) == 1.0
-    assert metrics.sensitivity_at(rows) == pytest.approx(3 / 5)
-    assert metrics.specificity_at(rows) == pytest.approx(4 / 5)
-    assert metrics.accuracy_at(rows) == pytest.approx(7 / 10)
-    assert metrics.sensitivity_at(rows, 0.1) == 1.0 and metrics.specificity_at(rows, 0.1) == 0.0  # p >= t
-    assert metrics.specificity_at(rows_from([1], [0.9])) is None
+    probs = [0.9, 0.8, 0.7, 0.2, 0.1, 0.6, 0.4, 0.3, 0.2, 0.1]
+    rows = rows_from([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], probs, threshold=0.75)
+    assert row_confusion_metric(rows, "sensitivity", "predicted") == pytest.approx(2 / 5)
+    assert row_confusion_metric(rows, "specificity", "predicted") == 1.0
+
+    def at(metric, rows=rows, threshold=0.5):
+        return row_confusion_metric_at(rows, metric, "p_malignant", threshold)
+
+    assert at("sensitivity") == pytest.approx(3 / 5) and at("specificity") == pytest.approx(4 / 5)
+    assert at("accuracy") == pytest.approx(7 / 10)
+    assert at("sensitivity", threshold=0.1) == 1.0 and at("specificity", threshold=0.1) == 0.0  # p >= t
+    assert at("specificity", rows_from([1], [0.9])) is None
     assert [r["predicted"] for r in rows] == [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]  # the rows given are not changed
 
 

@@ -217,18 +217,20 @@ def test_phantom_ground_truth_ef_and_determinism(bundle_module, tiny_dir, tmp_pa
         row = clinical.clinical_indices(np.asarray(ed.dataobj), np.asarray(es.dataobj), ed.header.get_zooms())
         assert float(info["EF_LV"]) == pytest.approx(row["lv_ef_pct"], abs=1e-3)
         assert float(info["EF_RV"]) == pytest.approx(row["rv_ef_pct"], abs=1e-3)
-        assert 8 <= ed.shape[2] <= 12 and ed.shape[:2] == (TINY["image_size"],) * 2
+        assert 8 <= ed.shape[2] <= 12 and ed.shape[:2] == (TINY["synthetic_image_size"],) * 2
         assert set(np.unique(np.asarray(ed.dataobj))) == {0, 1, 2, 3}
         assert info["ES"] != info["ED"] and row["lv_esv_ml"] < row["lv_edv_ml"]
         efs.append(row["lv_ef_pct"])
     assert min(efs) >= 10 and max(efs) <= 80 and max(efs) - min(efs) > 10  # clinical range, not constant
     phantom = bundle_module(AREA, "phantom")
-    phantom.write_dataset(str(tmp_path / "again"), num_cases=1, seed=0, image_size=TINY["image_size"], num_test_cases=1)
+    phantom.write_dataset(str(tmp_path / "again"), num_cases=1, seed=0, image_size=TINY["synthetic_image_size"],
+                          num_test_cases=1)
     for name in ("patient001_frame01.nii.gz", "patient001_frame01_gt.nii.gz"):
         a = nib.load(tiny_dir / "training" / "patient001" / name)
         b = nib.load(tmp_path / "again" / "training" / "patient001" / name)
         assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)) and np.allclose(a.affine, b.affine)
-    phantom.write_dataset(str(tmp_path / "other"), num_cases=1, seed=1, image_size=TINY["image_size"], num_test_cases=1)
+    phantom.write_dataset(str(tmp_path / "other"), num_cases=1, seed=1, image_size=TINY["synthetic_image_size"],
+                          num_test_cases=1)
     other = nib.load(tmp_path / "other" / "training" / "patient001" / "patient001_frame01.nii.gz")
     same = nib.load(tiny_dir / "training" / "patient001" / "patient001_frame01.nii.gz")
     assert other.shape != same.shape or not np.array_equal(np.asarray(other.dataobj), np.asarray(same.dataobj))

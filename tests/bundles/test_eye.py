@@ -31,7 +31,7 @@ TINY = json.loads((REPO / "bundles" / AREA / "configs" / "tiny.json").read_text(
 def tiny_dir(tiny_pipeline) -> Path:
     """A tiny synthetic DRIVE dataset written by the real synthesize command (shared, read-only)."""
     root = tiny_pipeline(AREA)["data"]
-    assert (TINY["image_height"], TINY["image_width"]) == (HEIGHT, WIDTH)
+    assert tuple(TINY["synthetic_image_size"]) == (HEIGHT, WIDTH)
     return root
 
 
@@ -396,10 +396,11 @@ def test_inference_outputs_at_input_size(tiny_pipeline, tiny_dir):
     np.testing.assert_array_equal(seg > 0, prob >= 128)
 
 
-def test_evaluate_missing_checkpoint_is_clear(bundle_module, tmp_path):
-    data = bundle_module(AREA, "data")
-    with pytest.raises(FileNotFoundError, match="does not exist: train first .*--ckpt_path"):
-        data.check_checkpoint(str(tmp_path / "models" / "model.pt"))
+def test_evaluate_missing_checkpoint_is_clear(tmp_path):
+    from common.checkpoint import CheckpointError, require_checkpoint
+
+    with pytest.raises(CheckpointError, match="does not exist: train first .*--ckpt_path"):
+        require_checkpoint(str(tmp_path / "models" / "model.pt"))
 
 
 def test_torchrun_two_processes(run_bundle, tiny_dir, tmp_path):

@@ -136,21 +136,29 @@ def test_synthesized_layout_and_slide_pyramid(dataset):
 
 # ------------------------------------------------------------------------------------------------ metrics
 def test_patch_metrics_hand_computed():
-    metrics = mod("metrics")
-    rows = [{"label": 0, "prob_tumour": 0.1}, {"label": 0, "prob_tumour": 0.6},
-            {"label": 1, "prob_tumour": 0.4}, {"label": 1, "prob_tumour": 0.9}]
+    """The evaluate.json metric entries (common.classification on pathology's row columns) on a hand-made table."""
+    from common.classification import row_auc, row_confusion_metric
+
+    rows = [{"label": 0, "prob_tumour": 0.1, "pred": 0}, {"label": 0, "prob_tumour": 0.6, "pred": 1},
+            {"label": 1, "prob_tumour": 0.4, "pred": 0}, {"label": 1, "prob_tumour": 0.9, "pred": 1}]
     # positive/negative pairs ranked correctly: (0.4>0.1), (0.9>0.1), (0.9>0.6) = 3 of 4
-    assert metrics.auc(rows) == pytest.approx(0.75)
-    assert metrics.accuracy(rows) == pytest.approx(0.5)  # predictions 0,1,0,1
-    assert metrics.sensitivity(rows) == pytest.approx(0.5)
-    assert metrics.specificity(rows) == pytest.approx(0.5)
-    assert metrics.auc(rows[:2]) is None and metrics.sensitivity(rows[:2]) is None
+    assert row_auc(rows, "prob_tumour") == pytest.approx(0.75)
+    assert row_confusion_metric(rows, "accuracy", "pred") == pytest.approx(0.5)  # predictions 0,1,0,1
+    assert row_confusion_metric(rows, "sensitivity", "pred") == pytest.approx(0.5)
+    assert row_confusion_metric(rows, "specificity", "pred") == pytest.approx(0.5)
+    assert row_auc(rows[:2], "prob_tumour") is None and row_confusion_metric(rows[:2], "sensitivity", "pred") is None
     # labelled at a recorded threshold of 0.3 (predictions 0, 1, 1, 1), and again at 0.5 for metrics.json *_at_0_5
+    from common.classification import row_confusion_metric_at
+
     recorded = [{**r, "pred": int(r["prob_tumour"] >= 0.3)} for r in rows]
-    assert metrics.sensitivity(recorded) == 1.0 and metrics.specificity(recorded) == pytest.approx(0.5)
-    assert metrics.sensitivity_at(recorded) == pytest.approx(0.5) and metrics.specificity_at(recorded) == 0.5
-    assert metrics.accuracy_at(recorded) == pytest.approx(0.5) and metrics.accuracy_at(recorded, 0.95) == 0.5
-    assert metrics.specificity_at(recorded, 0.05) == 0.0 and metrics.sensitivity_at(rows[:2]) is None
+    assert row_confusion_metric(recorded, "sensitivity", "pred") == 1.0
+    assert row_confusion_metric(recorded, "specificity", "pred") == pytest.approx(0.5)
+    at = row_confusion_metric_at
+    assert at(recorded, "sensitivity", "prob_tumour") == pytest.approx(0.5)
+    assert at(recorded, "specificity", "prob_tumour") == 0.5 and at(recorded, "accuracy", "prob_tumour") == 0.5
+    assert at(recorded, "accuracy", "prob_tumour", 0.95) == 0.5
+    assert at(recorded, "specificity", "prob_tumour", 0.05) == 0.0
+    assert at(rows[:2], "sensitivity", "prob_tumour") is None
 
 
 # ------------------------------------------------------------------------------------------------ heat-map geometry

@@ -20,6 +20,7 @@ from common.checkpoint import (
     load_checkpoint,
     load_network_weights,
     model_setting,
+    require_checkpoint,
     save_atomic,
     settings_path,
     unwrap,
@@ -61,8 +62,11 @@ def test_truncated_file_is_a_checkpoint_error_naming_it(tmp_path):
 
 def test_missing_file_says_train_first(tmp_path):
     path = tmp_path / "models" / "model.pt"
-    with pytest.raises(CheckpointError, match=rf"checkpoint {path} does not exist: train first, or pass --ckpt_path"):
+    message = rf"checkpoint {path} does not exist: train first \(same --output_dir\), or pass --ckpt_path"
+    with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=message):
+        require_checkpoint(path)
     with pytest.raises(CheckpointError, match=r"train first"):
         load_network_weights(tiny_net(), path)
 
@@ -295,3 +299,12 @@ def test_fresh_run_in_a_used_folder_does_not_keep_the_old_runs_checkpoints(tmp_p
     resumed = Run(tmp_path, resume=True)
     resumed.trainer.run(DATA, max_epochs=4)
     assert resumed.epochs_run == [4]
+
+
+def test_require_checkpoint_passes_a_good_file_and_refuses_a_damaged_one(tmp_path):
+    good, bad = tmp_path / "model.pt", tmp_path / "bad.pt"
+    torch.save({"w": torch.zeros(1)}, good)
+    bad.write_bytes(good.read_bytes()[:20])
+    assert require_checkpoint(good) == str(good)
+    with pytest.raises(CheckpointError, match=rf"checkpoint {bad} is truncated or corrupt"):
+        require_checkpoint(bad)

@@ -67,14 +67,14 @@ def baseline_auc(train_dir: Path, test_dir: Path) -> float | None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from common.classification import roc_auc
     from scripts.data import load_split
-    from scripts.metrics import auc
 
     x_train, y_train = roi_features(load_split(train_dir, "train", "roi_mask", check_files=False))
     x_test, y_test = roi_features(load_split(test_dir, "test", "roi_mask", check_files=False))
     model = make_pipeline(StandardScaler(), LogisticRegression(random_state=0)).fit(x_train, y_train)
     scores = model.predict_proba(x_test)[:, 1]
-    return auc([{"label": int(y), "p_malignant": float(s), "predicted": int(s >= 0.5)} for y, s in zip(y_test, scores)])
+    return roc_auc(y_test, scores)
 
 
 def time_inference(test_dir: Path, ckpt: Path, threads: int) -> dict:

@@ -391,11 +391,3 @@ def class_weights(dataset_dir: str | os.PathLike, weights: Any = "balanced", cro
     if len(weights) != 2 or min(weights) <= 0:
         raise ValueError(f"class_weights must hold two positive numbers, got {weights!r}.")
     return torch.tensor([float(w) for w in weights], dtype=torch.float32)
-
-
-def require_checkpoint(path: str | os.PathLike) -> str:
-    """Fail early with a clear message when the checkpoint to evaluate or infer with is missing."""
-    if not Path(str(path)).is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist: train first (same --output_dir), or pass "
-                                f"--ckpt_path to an existing model.pt.")
-    return str(path)

@@ -1,8 +1,8 @@
-"""Benign/malignant metrics (AUC, accuracy, precision, sensitivity, specificity), per-case rows and the ROC plot.
+"""Per-case rows ``{"case", "label", "p_malignant", "predicted", ...}``, the ROC plot and Grad-CAM faithfulness.
 
-Every metric is a function of a list of per-case rows ``{"case", "label", "p_malignant", "predicted"}`` so that
-``common.evaluation.summarise`` can bootstrap it. A metric undefined for the rows (e.g. sensitivity without a
-malignant case) is None.
+The benign/malignant metrics of ``evaluate.json`` (AUC, accuracy, precision, sensitivity, specificity; malignant =
+positive) are MONAI's, through ``common.classification`` on these rows, so that ``common.evaluation.summarise`` can
+bootstrap them; a metric undefined for the rows (e.g. sensitivity without a malignant case) is None.
 """
 
 from __future__ import annotations
@@ -17,93 +17,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.classification import row_auc
 from common.io import save_figure
 
 logger = logging.getLogger(__name__)
 
 Rows = Sequence[Mapping[str, Any]]
-METRICS = ("auc", "accuracy", "precision", "sensitivity", "specificity")
-
-
-def _arrays(rows: Rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    labels = np.array([int(r["label"]) for r in rows], dtype=int)
-    scores = np.array([float(r["p_malignant"]) for r in rows], dtype=float)
-    predicted = np.array([int(r["predicted"]) for r in rows], dtype=int)
-    return labels, scores, predicted
-
-
-def confusion(rows: Rows) -> dict[str, int]:
-    """True/false positives/negatives (malignant = positive)."""
-    y, _, p = _arrays(rows)
-    return {"tp": int(((p == 1) & (y == 1)).sum()), "fp": int(((p == 1) & (y == 0)).sum()),
-            "tn": int(((p == 0) & (y == 0)).sum()), "fn": int(((p == 0) & (y == 1)).sum())}
-
-
-def _ratio(num: int, den: int) -> float | None:
-    return num / den if den else None
-
-
-def accuracy(rows: Rows) -> float | None:
-    """(TP + TN) / N."""
-    c = confusion(rows)
-    return _ratio(c["tp"] + c["tn"], sum(c.values()))
-
-
-def precision(rows: Rows) -> float | None:
-    """TP / (TP + FP); None without a positive prediction."""
-    c = confusion(rows)
-    return _ratio(c["tp"], c["tp"] + c["fp"])
-
-
-def sensitivity(rows: Rows) -> float | None:
-    """TP / (TP + FN); None without a malignant case."""
-    c = confusion(rows)
-    return _ratio(c["tp"], c["tp"] + c["fn"])
-
-
-def specificity(rows: Rows) -> float | None:
-    """TN / (TN + FP); None without a benign case."""
-    c = confusion(rows)
-    return _ratio(c["tn"], c["tn"] + c["fp"])
-
-
-def at_threshold(rows: Rows, threshold: float) -> list[dict[str, Any]]:
-    """The rows relabelled at another operating point: ``predicted`` = 1 where ``p_malignant >= threshold``."""
-    return [{**r, "predicted": int(float(r["p_malignant"]) >= float(threshold))} for r in rows]
-
-
-def accuracy_at(rows: Rows, threshold: float = 0.5) -> float | None:
-    """:func:`accuracy` with the labels of :func:`at_threshold` (metrics.json ``accuracy_at_0_5``: the fixed 0.5 of
-    the uncalibrated network, beside ``accuracy`` at the recorded threshold). With two logits, softmax(z / T) >= 0.5
-    exactly when z_malignant >= z_benign, so 0.5 means the same before and after temperature scaling."""
-    return accuracy(at_threshold(rows, threshold))
-
-
-def sensitivity_at(rows: Rows, threshold: float = 0.5) -> float | None:
-    """:func:`sensitivity` with the labels of :func:`at_threshold` (``sensitivity_at_0_5``); None without a
-    malignant case."""
-    return sensitivity(at_threshold(rows, threshold))
-
-
-def specificity_at(rows: Rows, threshold: float = 0.5) -> float | None:
-    """:func:`specificity` with the labels of :func:`at_threshold` (``specificity_at_0_5``); None without a benign
-    case."""
-    return specificity(at_threshold(rows, threshold))
-
-
-def auc(rows: Rows) -> float | None:
-    """Area under the ROC curve: P(score of a malignant case > score of a benign one), ties counting 1/2."""
-    y, s, _ = _arrays(rows)
-    pos, neg = s[y == 1], s[y == 0]
-    if not pos.size or not neg.size:
-        return None
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (pos.size * neg.size))
 
 
 def roc_points(rows: Rows) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates at every threshold (from (0, 0) to (1, 1))."""
-    y, s, _ = _arrays(rows)
+    """False- and true-positive rates at every threshold (from (0, 0) to (1, 1)), for the plot."""
+    y = np.array([int(r["label"]) for r in rows], dtype=int)
+    s = np.array([float(r["p_malignant"]) for r in rows], dtype=float)
     thresholds = np.r_[np.inf, np.unique(s)[::-1]]
     tpr = np.array([((s >= t) & (y == 1)).sum() for t in thresholds]) / max((y == 1).sum(), 1)
     fpr = np.array([((s >= t) & (y == 0)).sum() for t in thresholds]) / max((y == 0).sum(), 1)
@@ -154,7 +79,7 @@ def write_roc_curve(output_dir: str | os.PathLike, title: str = "Mass classifica
         return str(out)
     rows = read_case_rows(Path(str(output_dir)) / "metrics_per_case.csv")
     fpr, tpr = roc_points(rows)
-    value = auc(rows)
+    value = row_auc(rows, "p_malignant")
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
     ax.plot(fpr, tpr, lw=2, label=f"CNN (AUC = {value:.3f})" if value is not None else "CNN (AUC undefined)")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
@@ -212,14 +137,14 @@ def lesion_masks(dataset_dir: str | os.PathLike, split: str = "test", margin: fl
     return out
 
 
-def cam_in_lesion(network: Any, preprocessing: Any, dataset_dir: str | os.PathLike, image_size: int,
+def cam_in_lesion(network: Any, preprocessing: Any, dataset_dir: str | os.PathLike, roi_size: int,
                   crop_source: str = "cropped", margin: float = 0.25, layer: str = "features.4.relu",
                   device: Any = "cpu", explain: Any = True, split: str = "test") -> dict[str, Any]:
     """Faithfulness of Grad-CAM where the lesion is known: ``cam_in_lesion``, the mean over cases of the share of the
     malignant-class Grad-CAM's mass inside the ROI mask (``common.explain.mass_inside``), beside
     ``lesion_area_fraction``, the mean share of the image the mask covers (what a uniform map scores), and
     ``cam_in_lesion_num_cases`` (cases whose mask could be placed on the network input, see :func:`lesion_masks`).
-    The mask goes through the image's geometric steps (longest side resized to ``image_size`` by area averaging,
+    The mask goes through the image's geometric steps (longest side resized to ``roi_size`` by area averaging,
     zero-padded to a square; a pixel counts as lesion from 0.5). All None when ``explain`` is false or no case has a
     usable mask. An ``extra`` entry of the evaluate ``EvaluationWriter`` (called once, at the end)."""
     from monai.transforms import Resize, ResizeWithPadOrCrop
@@ -231,7 +156,7 @@ def cam_in_lesion(network: Any, preprocessing: Any, dataset_dir: str | os.PathLi
     if not enabled(explain):
         return empty
     masks = lesion_masks(dataset_dir, split, margin)
-    size = int(image_size)
+    size = int(roi_size)
     resize, pad = Resize(size, size_mode="longest", mode="area"), ResizeWithPadOrCrop((size, size), mode="constant")
     cam = GradCam(network, layer, class_idx=1)
     was_training = network.training

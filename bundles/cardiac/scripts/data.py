@@ -195,11 +195,3 @@ def datalist(dataset_dir: str, split: str, part: str = "all", val_fraction: floa
         return items
     keep = set(split_patients(items, val_fraction, seed)[part])
     return [i for i in items if i["patient"] in keep]
-
-
-def require_checkpoint(path: str) -> str:
-    """Raise a clear error when the checkpoint to evaluate or infer with does not exist."""
-    if not Path(str(path)).is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist: train first (same --output_dir), or pass "
-                                f"--ckpt_path to an existing model.pt")
-    return str(path)

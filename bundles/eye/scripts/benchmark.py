@@ -129,7 +129,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     train_dir, test_dir, out = work / "train", work / "heldout", work / "out"
-    size = ["--image_height", args.height, "--image_width", args.width]
+    size = ["--synthetic_image_size", f"[{args.height},{args.width}]"]
     res: dict[str, Any] = {"settings": vars(args)}
     res["synthesize_train"] = run_step("synthesize_train", ["run", "--config_file", cfg("synthesize"), "--dataset_dir",
                                                             train_dir, "--num_cases", args.num_train, "--seed",

@@ -178,12 +178,3 @@ def prepare(dataset_dir: str, default_dir: str, num_cases: int = 20, seed: int =
         ensure_dataset(str(dataset_dir), num_cases=num_cases, seed=seed, height=height, width=width)
     barrier()
     return check_dataset(str(dataset_dir), splits=splits, min_cases=min_cases, min_size=min_size)
-
-
-def check_checkpoint(path: str) -> str:
-    """Fail early with a clear message when the checkpoint to evaluate does not exist."""
-    if not Path(str(path)).is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist: train first (same --output_dir), or pass "
-                                "--ckpt_path to an existing model.pt")
-    return str(path)
-

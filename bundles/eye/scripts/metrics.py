@@ -3,7 +3,7 @@
 Every pixel outside the FOV mask is ignored: it counts neither as a true negative (which would inflate accuracy and
 specificity) nor in the AUC. Per image: Dice (= F1), sensitivity, specificity, accuracy (at the probability
 ``threshold``) and the ROC AUC of the probabilities; a value undefined for an image (e.g. sensitivity without vessel
-pixels, AUC with one class only) is ``None``.
+pixels, AUC with one class only) is ``None``. The ratios and the AUC are MONAI's (``common.classification``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
+
+from common.classification import confusion_metrics, roc_auc
 
 CASE_METRICS = ("dice", "auc", "accuracy", "sensitivity", "specificity")
 
@@ -22,10 +23,6 @@ def _flat(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     return np.asarray(x).reshape(-1)
-
-
-def _ratio(num: float, den: float) -> float | None:
-    return float(num) / float(den) if den > 0 else None
 
 
 def fov_metrics(prob: Any, label: Any, fov: Any, threshold: float = 0.5) -> dict[str, float | None]:
@@ -50,16 +47,9 @@ def fov_metrics(prob: Any, label: Any, fov: Any, threshold: float = 0.5) -> dict
         raise ValueError("the FOV mask is empty: no pixel to evaluate.")
     p, g = p[f], g[f]
     pred = p >= threshold
-    tp, fp = float(np.sum(pred & g)), float(np.sum(pred & ~g))
-    fn, tn = float(np.sum(~pred & g)), float(np.sum(~pred & ~g))
-    auc = float(roc_auc_score(g, p)) if 0 < g.sum() < g.size else None
-    return {
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
-        "auc": auc,
-        "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
-        "sensitivity": _ratio(tp, tp + fn),
-        "specificity": _ratio(tn, tn + fp),
-    }
+    ratios = confusion_metrics(g, pred, ("f1 score", "accuracy", "sensitivity", "specificity"))
+    return {"dice": ratios["f1 score"], "auc": roc_auc(g, p), "accuracy": ratios["accuracy"],
+            "sensitivity": ratios["sensitivity"], "specificity": ratios["specificity"]}
 
 
 def eye_case_rows(engine: Any, threshold: float = 0.5) -> list[dict[str, Any]]:

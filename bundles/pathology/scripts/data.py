@@ -99,12 +99,3 @@ def datalist(dataset_dir: str | Path, split: str, limit: int | None = None) -> l
         labels = labels[: int(limit)]
     return [{"image": str(path_x), "index": i, "label": np.array([labels[i]], np.float32), "case": f"{split}_{i:06d}"}
             for i in range(len(labels))]
-
-
-def check_checkpoint(ckpt_path: str | Path) -> str:
-    """Fail early with a clear message when the checkpoint to evaluate or infer with does not exist."""
-    path = Path(str(ckpt_path))
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist: train first (same --output_dir), or pass "
-                                f"--ckpt_path to an existing model.pt")
-    return str(path)

@@ -2,9 +2,10 @@
 
 Slides are read through MONAI's ``WSIReader(backend="tifffile")`` (no GPU library needed). Tissue is found with
 MONAI's ``ForegroundMask`` on the HSV saturation (Otsu, floored so that glass stays background); the slide level is
-cut into a grid of ``stride`` x ``stride`` cells and every tissue cell is classified from the 96 x 96 patch centred
-on it (as PCam labels the centre of a patch). Heat-map pixel ``(i, j)`` covers level pixels
-``[i*stride, (i+1)*stride) x [j*stride, (j+1)*stride)``; its size is ``ceil(H / stride) x ceil(W / stride)``.
+cut into a grid of ``stride`` x ``stride`` cells and every tissue cell is classified from the ``roi_size`` x
+``roi_size`` patch (96 as in PCam) centred on it (as PCam labels the centre of a patch). Heat-map pixel ``(i, j)``
+covers level pixels ``[i*stride, (i+1)*stride) x [j*stride, (j+1)*stride)``; its size is
+``ceil(H / stride) x ceil(W / stride)``.
 """
 
 from __future__ import annotations
@@ -143,19 +144,20 @@ def tissue_cells(image: np.ndarray, stride: int, min_fraction: float = 0.25, sub
     return padded.reshape(grid_h, cell, grid_w, cell).mean(axis=(1, 3)) >= min_fraction
 
 
-def slide_heatmap(image: np.ndarray, predictor: Predictor, stride: int, min_tissue: float = 0.25
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Tumour probability per grid cell (0 on background) and the tissue-cell mask."""
+def slide_heatmap(image: np.ndarray, predictor: Predictor, stride: int, min_tissue: float = 0.25,
+                  roi_size: int = PATCH) -> tuple[np.ndarray, np.ndarray]:
+    """Tumour probability per grid cell (0 on background) and the tissue-cell mask; each cell is classified from the
+    ``roi_size`` x ``roi_size`` patch centred on it (the network input of training, ``model.json``)."""
     tissue = tissue_cells(image, stride, min_tissue)
-    margin = PATCH
+    margin = roi_size
     padded = np.pad(image, ((margin, margin + stride), (margin, margin + stride), (0, 0)), constant_values=255)
     heat = np.zeros(tissue.shape, np.float32)
     cells = np.argwhere(tissue)
-    offset = margin + stride // 2 - PATCH // 2
+    offset = margin + stride // 2 - roi_size // 2
     for start in range(0, len(cells), 256):
         chunk = cells[start:start + 256]
-        patches = np.stack([padded[i * stride + offset:i * stride + offset + PATCH,
-                                   j * stride + offset:j * stride + offset + PATCH] for i, j in chunk])
+        patches = np.stack([padded[i * stride + offset:i * stride + offset + roi_size,
+                                   j * stride + offset:j * stride + offset + roi_size] for i, j in chunk])
         heat[chunk[:, 0], chunk[:, 1]] = predictor(patches)
     return heat, tissue
 
@@ -171,10 +173,10 @@ def overlay(image: np.ndarray, heat: np.ndarray, stride: int) -> np.ndarray:
 
 
 def predict_slide(path: Path, out_dir: Path, predictor: Predictor, level: int, stride: int,
-                  threshold: float = 0.5) -> dict[str, Any]:
+                  threshold: float = 0.5, roi_size: int = PATCH) -> dict[str, Any]:
     """Write ``<stem>_prob.tif`` (float32 heat-map) and ``<stem>_heatmap.png`` (overlay); return the slide's row."""
     image = read_slide(path, level)
-    heat, tissue = slide_heatmap(image, predictor, stride)
+    heat, tissue = slide_heatmap(image, predictor, stride, roi_size=roi_size)
     if not tissue.any():
         logger.warning("%s: no tissue found, writing an empty heat-map", path)
     with atomic_path(out_dir / f"{path.stem}_prob.tif") as tmp:
@@ -188,16 +190,18 @@ def predict_slide(path: Path, out_dir: Path, predictor: Predictor, level: int, s
 
 
 def predict_patches(path: Path, predictor: Predictor, threshold: float = 0.5, cam: GradCam | None = None,
-                    out_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Rows for every patch of a PCam ``*_x.h5`` file (dataset ``x``: N x 96 x 96 x 3 uint8); with ``cam``, also
+                    out_dir: Path | None = None, roi_size: int = PATCH) -> list[dict[str, Any]]:
+    """Rows for every patch of a PCam ``*_x.h5`` file (dataset ``x``: N x roi_size x roi_size x 3 uint8, 96 in PCam);
+    with ``cam``, also
     ``<out_dir>/<case>_gradcam.png`` per patch (the patch, 4x, with the Grad-CAM of the tumour logit over it)."""
     try:
         with h5py.File(path, "r") as f:
             if "x" not in f:
                 raise ValueError(f"{path} has no dataset 'x' (found {sorted(f.keys())})")
             data = f["x"]
-            if data.ndim != 4 or tuple(data.shape[1:]) != (PATCH, PATCH, 3) or data.dtype != np.uint8:
-                raise ValueError(f"{path}: dataset 'x' is {data.shape} {data.dtype}, expected N x 96 x 96 x 3 uint8")
+            if data.ndim != 4 or tuple(data.shape[1:]) != (roi_size, roi_size, 3) or data.dtype != np.uint8:
+                raise ValueError(f"{path}: dataset 'x' is {data.shape} {data.dtype}, expected N x {roi_size} x "
+                                 f"{roi_size} x 3 uint8 (the network input of training, roi_size)")
             probs = np.concatenate([predictor(np.asarray(data[s:s + 1024])) for s in range(0, data.shape[0], 1024)]
                                    ) if data.shape[0] else np.zeros(0)
             stem = path.name[: -len(".h5")]
@@ -214,7 +218,8 @@ def predict_patches(path: Path, predictor: Predictor, threshold: float = 0.5, ca
 def predict(input_dir: str, output_dir: str, network: torch.nn.Module, ckpt_path: str, preprocessing: Callable,
             inferer: Callable, postprocessing: Callable, device: torch.device, batch_size: int = 64,
             heatmap_level: int = 0, heatmap_stride: int = 96, temperature: float = 1.0, threshold: float = 0.5,
-            explain: bool | str = False, explain_layer: str = "features.7.2") -> list[dict[str, Any]]:
+            explain: bool | str = False, explain_layer: str = "features.7.2", roi_size: int = PATCH
+            ) -> list[dict[str, Any]]:
     """Predict every slide and patch file in ``input_dir``; write heat-maps under ``<output_dir>/predictions/`` and
     ``<output_dir>/predictions.csv``. Bad inputs are reported together at the end (non-zero exit), after the good
     ones were written. Probabilities are calibrated by ``temperature`` and labels are ``p >= threshold`` (both
@@ -231,10 +236,10 @@ def predict(input_dir: str, output_dir: str, network: torch.nn.Module, ckpt_path
 
     def one(path: Path) -> None:
         if path.name.lower().endswith("_x.h5"):
-            rows.extend(predict_patches(path, predictor, threshold, cam, out / "predictions"))
+            rows.extend(predict_patches(path, predictor, threshold, cam, out / "predictions", int(roi_size)))
         else:
             rows.append(predict_slide(path, out / "predictions", predictor, int(heatmap_level), int(heatmap_stride),
-                                      threshold))
+                                      threshold, int(roi_size)))
 
     try:
         run_each(inputs, one, name_of=str, what="pathology inference")
