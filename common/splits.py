@@ -6,7 +6,7 @@ run with another ``--seed``) and any later step that needs the split use the cas
 draw. The layout is the same in the five bundles::
 
     {"format": "splits/1", "source": "seeded" | "layout" | "datalist", "dataset_dir": "...",
-     "seed": 0, "val_fraction": 0.2, "group_by": "case" | "patient",
+     "seed": 0, "val_fraction": 0.2 (null unless seeded), "group_by": "case" | "patient",
      "train": ["<case id>", ...], "validation": ["<case id>", ...], ...extra keys of the bundle}
 
 ``source`` says where the split came from: ``seeded`` (a seeded hold-out of the layout's training cases, brain, eye,
@@ -186,7 +186,8 @@ def training_split(output_dir: str | os.PathLike | None, cases: Sequence[str], v
         if is_rank0():
             record = {"format": FORMAT, "source": source,
                       "dataset_dir": str(dataset_dir) if dataset_dir is not None else None,
-                      "seed": int(seed), "val_fraction": float(val_fraction),
+                      "seed": int(seed) if given is None else None,
+                      "val_fraction": float(val_fraction) if given is None else None,
                       "group_by": str(group_by), **dict(extra or {}), **split}
             write_json(path, record)
     logger.info("split (%s): %d training, %d validation cases", source, len(split["train"]), len(split["validation"]))

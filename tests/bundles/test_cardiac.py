@@ -283,7 +283,7 @@ def test_bad_input_names_patient_and_file(how, stage, tiny_dir, tmp_path, pipeli
     if stage == "train":
         data = import_bundle_module(AREA, "data")
         with pytest.raises(ValueError) as info:
-            data.prepare(str(dataset), str(tmp_path / "unused"), str(out), 4, 64, 0, 0.2)
+            data.training_split(str(dataset), str(out), 0.2, 0, {"synthetic_dir": str(tmp_path / "unused")})
         assert not out.exists() or not any(out.rglob("*")), "training check left output behind"
     else:
         inference = import_bundle_module(AREA, "inference")

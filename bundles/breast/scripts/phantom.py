@@ -254,14 +254,3 @@ def synthesize(dataset_dir: str | os.PathLike, num_cases: int = 400, seed: int =
     write_split(root, rng, "test", max(num_cases // 2, 8), next_patient, shape, crop_margin, malignant_fraction,
                 scanner)
     return str(root)
-
-
-def ensure_dataset(dataset_dir: str | os.PathLike, default_dir: str | os.PathLike, num_cases: int = 400,
-                   seed: int = 0, image_size: tuple[int, int] | list[int] = (256, 192),
-                   crop_margin: float = 0.25) -> str:
-    """Generate the synthetic set on first use, only when ``dataset_dir`` is the bundle's default synthetic folder."""
-    root = Path(str(dataset_dir))
-    if (root.resolve() == Path(str(default_dir)).resolve()
-            and not (root / "mass_case_description_train_set.csv").exists()):
-        synthesize(root, num_cases=num_cases, seed=seed, image_size=image_size, crop_margin=crop_margin)
-    return str(root)
