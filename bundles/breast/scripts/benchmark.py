@@ -38,7 +38,7 @@ def bundle_cmd(name: str, configs: list[str], log_dir: Path, *args: str | Path) 
 def roi_features(items: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """Baseline features per mass: ROI area (pixels) and mean windowed intensity inside the ROI."""
     from scripts.dicom import read_dicom
-    from scripts.phantom import crop_box
+    from scripts.transforms import crop_box
 
     features, labels = [], []
     for item in items:

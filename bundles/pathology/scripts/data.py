@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 
 from common.validation import Problems, check_dir, check_file
+
 logger = logging.getLogger(__name__)
 
 PATCH = 96  # PCam patches are 96 x 96 RGB
