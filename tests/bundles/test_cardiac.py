@@ -184,7 +184,7 @@ def test_phantom_ground_truth_ef_and_determinism(bundle_module, tiny_dir, tmp_pa
 def test_train_writes_model_and_split(trained):
     assert (trained / "models" / "model.pt").stat().st_size > 0
     splits = json.loads((trained / "splits.json").read_text())
-    assert splits["val"] and splits["train"] and not set(splits["val"]) & set(splits["train"])
+    assert splits["validation"] and splits["train"] and not set(splits["validation"]) & set(splits["train"])
 
 
 def test_evaluate_metrics(trained):
