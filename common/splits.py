@@ -194,6 +194,33 @@ def training_split(output_dir: str | os.PathLike | None, cases: Sequence[str], v
     return split
 
 
+def trained_on(output_dir: str | os.PathLike | None, dataset_dir: str | os.PathLike,
+               cases: Sequence[str]) -> list[str]:
+    """The ``cases`` (evaluated from ``dataset_dir``) that the training run in ``output_dir`` trained on, according to
+    its ``splits.json`` (same ``dataset_dir``, listed under ``train``); a warning names the file and the count.
+
+    Empty when there is no such file, it records another data set, or it cannot be read (evaluation does not depend
+    on it).
+    """
+    path = Path(str(output_dir)) / SPLITS_FILE if output_dir is not None else None
+    if path is None or not path.is_file():
+        return []
+    try:
+        record = read_splits(path)
+    except SplitsFileError:
+        return []
+    recorded = record.get("dataset_dir")
+    if not recorded or Path(str(recorded)).resolve() != Path(str(dataset_dir)).resolve():
+        return []
+    seen = set(record["train"])
+    overlap = [str(c) for c in cases if str(c) in seen]
+    if overlap:
+        logger.warning("%s: %d of the %d evaluated cases were trained on (listed under 'train'): these metrics are "
+                       "not held-out; evaluate on another --dataset_dir (e.g. synthesize one with another --seed)",
+                       path, len(overlap), len(cases))
+    return overlap
+
+
 def select(items: Sequence[Mapping[str, Any]], ids: Sequence[str], key: str = "case") -> list[Any]:
     """The ``items`` whose ``key`` is in ``ids``, in the order of ``items``."""
     keep = set(ids)

@@ -65,6 +65,14 @@ def test_a_file_that_does_not_match_the_data_is_an_error_naming_it(tmp_path):
     assert str(error.value).splitlines()[-1].startswith(f"  - {tmp_path / 'splits.json'}: ")
 
 
+def test_evaluating_training_cases_is_named(tmp_path, caplog):
+    splits.training_split(tmp_path, CASES, 0.4, seed=0, dataset_dir=tmp_path / "data")  # trains on a, b, d
+    with caplog.at_level("WARNING"):
+        assert splits.trained_on(tmp_path, tmp_path / "data", CASES) == ["a", "b", "d"]
+    assert "3 of the 5 evaluated cases were trained on" in caplog.text
+    assert splits.trained_on(tmp_path, tmp_path / "other_data", CASES) == []  # held-out data set: nothing to say
+
+
 def test_a_given_split_is_recorded_with_its_source(tmp_path):
     given = {"train": ["a", "b"], "validation": ["c"]}
     assert splits.training_split(tmp_path, CASES, given=given, source="layout") == given

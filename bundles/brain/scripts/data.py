@@ -154,11 +154,16 @@ def training_split(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike
 
 
 def evaluation_cases(dataset_dir: str | os.PathLike, datalist: str | None = None,
-                     synthetic: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                     synthetic: dict[str, Any] | None = None,
+                     output_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Every case under ``dataset_dir`` (or the datalist's ``testing`` entries), checked; labels required.
 
-    Each item also carries ``label_path``, so the evaluation can compare with the label file in its own grid.
+    Each item also carries ``label_path``, so the evaluation can compare with the label file in its own grid. When
+    ``<output_dir>/splits.json`` says the model was trained on some of these cases (same ``dataset_dir``), a warning
+    names the file and the count (:func:`common.splits.trained_on`): such metrics are not held-out.
     """
+    from common.splits import trained_on
+
     if synthetic:
         prepare_synthetic(str(dataset_dir), **synthetic)
     if datalist:
@@ -166,6 +171,7 @@ def evaluation_cases(dataset_dir: str | os.PathLike, datalist: str | None = None
         validate_items(items, f"brain datalist {datalist}")
     else:
         items = load_cases(dataset_dir)
+        trained_on(output_dir, dataset_dir, [i["case"] for i in items])
     return [{**item, "label_path": item["label"]} for item in items]
 
 
