@@ -68,9 +68,11 @@ def metric_unit(name: str) -> str:
         return "mm"
     if low.endswith(("_corr", "_r", "_spearman", "_pearson")):
         return "correlation (-1 to 1)"
+    if "coverage" in low:  # e.g. ef_interval_coverage: the share of cases inside their interval
+        return "fraction (0-1)"
     if low.endswith("_ml") or "volume" in low:
         return "ml"
-    if low.endswith("_pct") or low.startswith("ef") or "_ef" in low:
+    if low.endswith("_pct") or re.search(r"(^|_)(lv|rv)?ef($|_)", low):  # ejection fraction errors, rvef_mae too
         return "%"
     if low.endswith("_g") or "mass" in low:
         return "g"

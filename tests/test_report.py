@@ -164,7 +164,9 @@ def test_save_overlay_png_rejects_mismatched_shapes(tmp_path):
 
 @pytest.mark.parametrize("name, unit", [("ef_corr", "correlation (-1 to 1)"), ("mass_corr", "correlation (-1 to 1)"),
                                         ("ef_mae", "%"), ("lv_edv_ml", "ml"), ("myo_mass_g", "g"), ("hd95_wt", "mm"),
-                                        ("mean_dice", "score (0-1)"), ("train_loss", "loss (unitless)")])
+                                        ("mean_dice", "score (0-1)"), ("train_loss", "loss (unitless)"),
+                                        ("rvef_mae", "%"), ("ef_interval_width", "%"),
+                                        ("ef_interval_coverage", "fraction (0-1)"), ("ece", "score (0-1)")])
 def test_metric_units(name, unit):
     from common.report import metric_unit
 

@@ -56,7 +56,11 @@ def test_sigkill_during_epoch_2_then_resume_and_corrupt_checkpoint(dataset, tmp_
     assert state["epoch"] == 1 and "optimizer" in state and "rng" in state
     assert not (out / "models" / "checkpoint_epoch=3.pt").exists(), "the kill came too late to test anything"
 
-    resumed = run_monai_bundle(train_args(area, data, out, "--resume", "true")[3:], cwd=REPO)
+    split_before = (out / "splits.json").read_bytes()
+    # another seed on resume: the split is still the one in splits.json (re-read, as nnU-Net's splits_final.json)
+    resumed = run_monai_bundle(train_args(area, data, out, "--resume", "true", "--seed", "5")[3:], cwd=REPO)
+    assert f"split read from {out / 'splits.json'}" in resumed.stdout + resumed.stderr
+    assert (out / "splits.json").read_bytes() == split_before
     assert (out / "models" / "checkpoint_epoch=3.pt").is_file()
     final = torch.load(out / "models" / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=False)
     assert final["epoch"] == 3

@@ -185,6 +185,15 @@ def test_training_writes_split_and_checkpoint(trained, tiny_data):
     assert any(k.endswith("conv_final.2.conv.weight") for k in state)
 
 
+def test_evaluate_warns_that_it_scores_the_cases_it_trained_on(tiny_pipeline):
+    """The shared tiny run evaluates the very folder it trained on: the log says how many cases were trained on."""
+    run = tiny_pipeline(AREA)
+    split = json.loads((run["out"] / "splits.json").read_text())
+    n_train, n_all = len(split["train"]), len(split["train"]) + len(split["validation"])
+    log = run["logs"]["evaluate"]
+    assert f"{n_train} of the {n_all} evaluated cases were trained on" in log.stdout + log.stderr
+
+
 def test_evaluate_and_inference_geometry(trained, tiny_data, tmp_path):
     out = trained  # the shared run evaluated on tiny_data with the evaluate command
     metrics = json.loads((out / "metrics.json").read_text())

@@ -280,9 +280,9 @@ def test_unresolvable_row_is_skipped_named_or_refused_with_strict_rows(tiny_data
     with pytest.raises(DatasetError) as info:
         data.validate(root, ("train",), "cropped", strict_rows=True)
     assert f"{where} ({case})" in str(info.value) or f"{where}: case {case}" in str(info.value)
-    data.validate(root, ("train",), "cropped", output_dir=tmp_path / "out", strict_rows="false", val_fraction=0.5)
+    data.training_split(root, tmp_path / "out", val_fraction=0.5, strict_rows="false")
     splits = json.loads((tmp_path / "out" / "splits.json").read_text())
-    assert [r["row"] for r in splits["skipped_rows"]] == [where] and len(splits["train"] + splits["val"]) == 2
+    assert [r["row"] for r in splits["skipped_rows"]] == [where] and len(splits["train"] + splits["validation"]) == 2
     for row in rows:  # every row bad: the split is empty, which is never silent
         shutil.rmtree(root / "CBIS-DDSM" / row["cropped image file path"].split("/")[0])
     with pytest.raises(DatasetError, match="all 3 row\\(s\\) were skipped"):
@@ -325,10 +325,10 @@ def test_evaluate_skips_an_unresolvable_row_and_counts_it(tiny_data, tmp_path):
 
 def test_split_is_by_patient_and_seeded(tiny_data):
     data = mod("data")
-    train, val = data.datalist(tiny_data, "train"), data.datalist(tiny_data, "val")
+    train, val = data.datalist(tiny_data, "train"), data.datalist(tiny_data, "validation")
     assert train and val and not {i["patient"] for i in train} & {i["patient"] for i in val}
-    assert [i["case"] for i in val] == [i["case"] for i in data.datalist(tiny_data, "val")]
-    weights = data.class_weights(tiny_data)
+    assert [i["case"] for i in val] == [i["case"] for i in data.datalist(tiny_data, "validation")]
+    weights = data.class_weights(train)
     labels = np.array([i["label"] for i in train])
     expected = [labels.size / (2 * (labels == c).sum()) for c in (0, 1)]
     assert weights.tolist() == pytest.approx(expected)
@@ -407,11 +407,11 @@ def test_phantom_layout_dicom_tags_and_determinism(tiny_data, tmp_path):
 
 
 def test_synthetic_set_generated_only_in_the_default_folder(tmp_path):
-    phantom = mod("phantom")
+    data = mod("data")
     elsewhere = tmp_path / "user_data"
-    phantom.ensure_dataset(elsewhere, tmp_path / "default", num_cases=2, image_size=(128, 96))
+    data.prepare_synthetic(elsewhere, tmp_path / "default", num_cases=2, image_size=(128, 96))
     assert not elsewhere.exists()
-    phantom.ensure_dataset(tmp_path / "default", tmp_path / "default", num_cases=2, image_size=(128, 96))
+    data.prepare_synthetic(tmp_path / "default", tmp_path / "default", num_cases=2, image_size=(128, 96))
     assert (tmp_path / "default" / TRAIN_CSV).is_file() and (tmp_path / "default" / TEST_CSV).is_file()
 
 
@@ -499,7 +499,7 @@ def test_bad_dataset_is_rejected_naming_the_file(tiny_data, tmp_path, name, muta
     crop = str(_first(root))
     mutate(root)
     with pytest.raises(DatasetError) as info:
-        data.validate(root, ("train",), crop_source, output_dir=out, strict_rows=True)
+        data.training_split(root, out, crop_source=crop_source, strict_rows=True)
     message = str(info.value)
     for text in expected:
         assert text.replace("{crop}", crop) in message, f"{name}: {text!r} not in {message}"
@@ -644,7 +644,7 @@ def test_train_evaluate_infer_outputs(trained):
     out, pred = trained["out"], trained["pred"]
     assert (out / "models" / "model.pt").is_file() and (out / "models" / "checkpoint_epoch=1.pt").is_file()
     splits = json.loads((out / "splits.json").read_text())
-    assert splits["train"] and splits["val"] and not set(splits["train"]) & set(splits["val"])
+    assert splits["train"] and splits["validation"] and not set(splits["train"]) & set(splits["validation"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["key_metric"] == "auc" and metrics["num_cases"] == 8 and metrics["num_skipped_rows"] == 0
     for name in ("auc", "accuracy", "precision", "sensitivity", "specificity"):

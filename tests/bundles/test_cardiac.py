@@ -240,7 +240,7 @@ def test_phantom_ground_truth_ef_and_determinism(bundle_module, tiny_dir, tmp_pa
 def test_train_writes_model_and_split(trained):
     assert (trained / "models" / "model.pt").stat().st_size > 0
     splits = json.loads((trained / "splits.json").read_text())
-    assert splits["val"] and splits["train"] and not set(splits["val"]) & set(splits["train"])
+    assert splits["validation"] and splits["train"] and not set(splits["validation"]) & set(splits["train"])
 
 
 def test_evaluate_metrics(trained):
@@ -339,7 +339,7 @@ def test_bad_input_names_patient_and_file(how, stage, tiny_dir, tmp_path, model_
     if stage == "train":
         data = import_bundle_module(AREA, "data")
         with pytest.raises(ValueError) as info:
-            data.prepare(str(dataset), str(tmp_path / "unused"), str(out), 4, 64, 0, 0.2)
+            data.training_split(str(dataset), str(out), 0.2, 0, {"synthetic_dir": str(tmp_path / "unused")})
         assert not out.exists() or not any(out.rglob("*")), "training check left output behind"
     else:
         with pytest.raises(BatchFailure) as info:

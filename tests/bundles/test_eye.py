@@ -259,7 +259,7 @@ def test_bad_training_data_is_reported(bundle_module, copy_of, tmp_path, mutate,
     mutate(copy_of)
     before = sorted(p for p in tmp_path.rglob("*"))
     with pytest.raises(validation.DatasetError) as info:
-        data.prepare(str(copy_of), default_dir=str(tmp_path / "default"), min_cases=2, min_size=(48, 48))
+        data.training_split(str(copy_of), synthetic={"synthetic_dir": str(tmp_path / "default")}, min_size=(48, 48))
     message = str(info.value)
     assert str(copy_of / named) in message and words in message, message
     assert sorted(p for p in tmp_path.rglob("*")) == before, "validation must write nothing"

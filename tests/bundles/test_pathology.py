@@ -323,7 +323,7 @@ def test_bad_dataset_is_reported_naming_the_file(case, tmp_path):
 
     bad = _bad_dataset(case, tmp_path / "data")
     with pytest.raises(DatasetError) as err:
-        data.prepare(tmp_path / "data", tmp_path / "default", ["train", "valid"])
+        data.training_split(tmp_path / "data", synthetic={"synthetic_dir": tmp_path / "default"})
     assert str(bad) in str(err.value), str(err.value)
     assert not (tmp_path / "default").exists()  # nothing generated, nothing written
 

@@ -2,13 +2,13 @@
 
 Run from the repository root::
 
-    .venv/bin/python bundles/brain/scripts/benchmark.py --work_dir /tmp/brain_bench --output bench.json
+    .venv/bin/python bundles/brain/scripts/benchmark.py --work_dir /tmp/brain_bench
 
 Steps, each through the bundle's real commands (subprocesses): synthesize a training set (seed 0) and a held-out
 set (another seed), train with the demo settings of ``train.json``, evaluate on the held-out set; tune a classical
 baseline (per-sequence z-score thresholds) on the training cases and score it on the held-out cases; time
 whole-volume inference on one case of the real BraTS size (4 × 240 × 240 × 155, 1 mm) and record each command's
-peak RSS. Results go to one JSON file.
+peak RSS (MiB). Results go to ``<work_dir>/benchmark_results.json`` (``common.benchmark``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,28 +26,20 @@ HERE = Path(__file__).resolve().parent
 BUNDLE = HERE.parent
 REPO = BUNDLE.parent.parent
 sys.path.insert(0, str(BUNDLE))
+sys.path.insert(0, str(REPO))
 
+from common.benchmark import config_list, peak_rss_mib, results_path, run_bundle, write_results  # noqa: E402
 from scripts.metrics import labels_to_regions, region_metrics  # noqa: E402
 from scripts.phantom import SEQUENCES, make_case  # noqa: E402
 
-_MEASURE = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-            "rc = subprocess.run(sys.argv[1:]).returncode; "
-            "print('MEASURED', rc, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-
 
 def bundle(args: list, log: Path) -> dict:
-    """Run ``python -m monai.bundle <args>`` from the repository root; return wall seconds and peak RSS (GiB)."""
-    command = [sys.executable, "-c", _MEASURE, sys.executable, "-m", "monai.bundle"] + [str(a) for a in args]
-    with open(log, "w") as f:
-        subprocess.run(command, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, text=True)
-    match = re.search(r"MEASURED (\d+) ([\d.]+) (\d+)", log.read_text())
-    if match is None or match.group(1) != "0":
-        raise RuntimeError(f"command failed: {' '.join(map(str, args))}; see {log}")
-    return {"wall_s": float(match.group(2)), "peak_rss_gib": int(match.group(3)) / 2**20, "log": str(log)}
+    """Run ``python -m monai.bundle <args>`` from the repository root; return wall seconds and peak RSS (MiB)."""
+    return {**run_bundle(args, log), "log": str(log)}
 
 
 def configs(*names: str) -> str:
-    return "[" + ",".join(f"'bundles/brain/configs/{n}.json'" for n in names) + "]"
+    return config_list(BUNDLE, *names)
 
 
 def _zscore(volume: np.ndarray) -> np.ndarray:
@@ -133,9 +124,7 @@ def peer_inference_seconds(repeats: int = 3) -> dict:
     """Time the Model Zoo peer ``brats_mri_segmentation`` in this process, for a same-sweep speed comparison: its
     network (SegResNet, init_filters 16, blocks_down (1, 2, 2, 4), 4.70 M parameters; weights do not change the
     time) under its inferer (one 240 x 240 x 160 window) on a random 1 x 4 x 240 x 240 x 155 volume, as ANCHORS.md
-    section 7 timed it. Median of ``repeats`` runs after one warm-up run; peak RSS of this process."""
-    import resource
-
+    section 7 timed it. Median of ``repeats`` runs after one warm-up run; peak RSS of this process (MiB)."""
     import torch
     from monai.inferers import SlidingWindowInferer
     from monai.networks.nets import SegResNet
@@ -153,7 +142,7 @@ def peer_inference_seconds(repeats: int = 3) -> dict:
                 times.append(time.perf_counter() - start)
     return {"median_s": float(np.median(times)), "runs_s": times, "torch_threads": torch.get_num_threads(),
             "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
-            "peak_rss_gib_this_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "peak_rss_mib_this_process": peak_rss_mib()}
 
 
 def trainer_seconds(log: Path) -> float | None:
@@ -169,7 +158,6 @@ def trainer_seconds(log: Path) -> float | None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work_dir", required=True, help="scratch folder for data, checkpoints and logs")
-    parser.add_argument("--output", default=None, help="JSON file for the results (default <work_dir>/benchmark.json)")
     parser.add_argument("--parts", default="accuracy,baseline,speed",
                         help="comma-separated parts to run: accuracy (train + evaluate), baseline, speed")
     parser.add_argument("--num_train", type=int, default=24, help="synthetic training cases")
@@ -188,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     train_dir, test_dir, out = work / "train", work / "test", work / "out"
-    output = Path(args.output) if args.output else work / "benchmark.json"
+    output = results_path(work)
     result: dict = json.loads(output.read_text()) if output.is_file() else {}
     result.update({"num_train": args.num_train, "num_test": args.num_test})
     if parts & {"accuracy", "baseline"}:
@@ -236,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
         if ours:
             result["speedup_vs_peer_default_pixdim"] = result["peer_brats_mri_segmentation_inference_240x240x155"][
                 "median_s"] / ours
-    output.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(work, result)
     print(json.dumps(result, indent=2))
     return result
 

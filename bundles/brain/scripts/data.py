@@ -2,7 +2,7 @@
 
 Layout (DESIGN.md): ``D/BraTS2021_XXXXX/BraTS2021_XXXXX_{t1,t1ce,t2,flair,seg}.nii.gz``. Every case folder under
 ``D`` is a case; the four sequences are stacked as channels in the fixed order :data:`SEQUENCES`. BraTS has no split
-in its layout, so training holds out a seeded validation part (written to ``<output_dir>/splits.json``), and
+in its layout, so training holds out a seeded validation part (``<output_dir>/splits.json``, re-read when present), and
 evaluation uses every case, unless a Decathlon-style datalist JSON names the split.
 """
 
@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from common.io import write_json
 from common.validation import Problems, check_dir, check_file, check_finite, check_labels
 
 logger = logging.getLogger(__name__)
@@ -122,13 +121,19 @@ def training_split(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike
     """The checked ``{"train": [...], "validation": [...]}`` datalists for training.
 
     With ``datalist`` (a Decathlon-style JSON with ``training`` and ``validation`` keys) the split is read from it;
-    otherwise a seeded ``val_fraction`` of the cases (at least one) is held out. The split (case ids) is written to
-    ``<output_dir>/splits.json``. ``synthetic`` (keyword arguments of :func:`prepare_synthetic`) generates the
-    bundle's synthetic set first when ``dataset_dir`` is its default location and still empty.
+    otherwise a seeded ``val_fraction`` of the cases (at least one, never all) is held out
+    (:func:`common.splits.seeded_split`). The split (case ids) is written to ``<output_dir>/splits.json`` and read
+    back from there when present (:func:`common.splits.training_split`). ``synthetic`` (keyword arguments of
+    :func:`prepare_synthetic`) generates the bundle's synthetic set first when ``dataset_dir`` is its default
+    location and still empty.
 
     Raises:
-        common.validation.DatasetError: bad data (every problem listed); ValueError: fewer than 2 cases.
+        common.validation.DatasetError: bad data (every problem listed), or a ``splits.json`` that does not match
+            the data (the file named); ValueError: fewer than 2 cases.
     """
+    from common.splits import select
+    from common.splits import training_split as split_cases
+
     dataset_dir = str(dataset_dir)
     if synthetic:
         prepare_synthetic(dataset_dir, **synthetic)
@@ -136,31 +141,29 @@ def training_split(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike
         train, val = (_from_datalist(datalist, "training", dataset_dir),
                       _from_datalist(datalist, "validation", dataset_dir))
         validate_items(train + val, f"brain datalist {datalist}")
+        items = train + val
+        given = {"train": [i["case"] for i in train], "validation": [i["case"] for i in val]}
     else:
-        items = load_cases(dataset_dir)
+        items, given = load_cases(dataset_dir), None
         if len(items) < 2:
             raise ValueError(f"brain dataset {dataset_dir}: {len(items)} case(s); training needs at least 2 "
                              f"(one is held out for validation).")
-        if not 0.0 < float(val_fraction) < 1.0:
-            raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}.")
-        order = np.random.default_rng(int(seed)).permutation(len(items))
-        n_val = max(1, int(round(len(items) * float(val_fraction))))
-        val = [items[i] for i in sorted(order[:n_val])]
-        train = [items[i] for i in sorted(order[n_val:])]
-    if output_dir is not None and _is_rank0():
-        write_json(Path(str(output_dir)) / "splits.json",
-                   {"dataset_dir": dataset_dir, "seed": int(seed), "train": [i["case"] for i in train],
-                    "validation": [i["case"] for i in val]})
-    logger.info("brain split: %d training, %d validation cases", len(train), len(val))
-    return {"train": train, "validation": val}
+    ids = split_cases(output_dir, [i["case"] for i in items], val_fraction, seed, given=given,
+                      source="datalist" if datalist else "seeded", dataset_dir=dataset_dir)
+    return {"train": select(items, ids["train"]), "validation": select(items, ids["validation"])}
 
 
 def evaluation_cases(dataset_dir: str | os.PathLike, datalist: str | None = None,
-                     synthetic: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                     synthetic: dict[str, Any] | None = None,
+                     output_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Every case under ``dataset_dir`` (or the datalist's ``testing`` entries), checked; labels required.
 
-    Each item also carries ``label_path``, so the evaluation can compare with the label file in its own grid.
+    Each item also carries ``label_path``, so the evaluation can compare with the label file in its own grid. When
+    ``<output_dir>/splits.json`` says the model was trained on some of these cases (same ``dataset_dir``), a warning
+    names the file and the count (:func:`common.splits.trained_on`): such metrics are not held-out.
     """
+    from common.splits import trained_on
+
     if synthetic:
         prepare_synthetic(str(dataset_dir), **synthetic)
     if datalist:
@@ -168,25 +171,17 @@ def evaluation_cases(dataset_dir: str | os.PathLike, datalist: str | None = None
         validate_items(items, f"brain datalist {datalist}")
     else:
         items = load_cases(dataset_dir)
+        trained_on(output_dir, dataset_dir, [i["case"] for i in items])
     return [{**item, "label_path": item["label"]} for item in items]
 
 
-def prepare_synthetic(dataset_dir: str, default_dir: str, num_cases: int = 24, seed: int = 0,
+def prepare_synthetic(dataset_dir: str, synthetic_dir: str, num_cases: int = 24, seed: int = 0,
                       spacing: float = 3.0) -> None:
-    """Write the synthetic set into ``dataset_dir`` on first use, only when it is the default ``default_dir``.
+    """Write the synthetic set into ``dataset_dir`` on first use, only when it is the default ``synthetic_dir``
+    (:func:`common.synthetic.ensure_synthetic`: one process writes, the others wait)."""
+    from common.synthetic import ensure_synthetic
 
-    In a distributed run rank 0 writes and the other ranks wait for it.
-    """
-    from common.distributed import barrier
+    from .phantom import write_dataset
 
-    from .phantom import ensure_dataset
-
-    if _is_rank0():
-        ensure_dataset(dataset_dir, default_dir, int(num_cases), int(seed), float(spacing))
-    barrier()
-
-
-def _is_rank0() -> bool:
-    from common.distributed import is_rank0
-
-    return is_rank0()
+    ensure_synthetic(dataset_dir, synthetic_dir,
+                     lambda folder: write_dataset(folder, int(num_cases), int(seed), float(spacing)))

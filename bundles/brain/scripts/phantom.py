@@ -321,15 +321,6 @@ def write_dataset(dataset_dir: str | Path, num_cases: int = 24, seed: int = 0, s
     return [write_case(dataset_dir, int(seed), i, float(spacing), str(scanner)) for i in range(int(num_cases))]
 
 
-def ensure_dataset(dataset_dir: str | Path, default_dir: str | Path, num_cases: int, seed: int,
-                   spacing: float) -> str:
-    """Generate the synthetic set at ``dataset_dir`` on first use, when it is the bundle's default location."""
-    dataset_dir, default_dir = Path(str(dataset_dir)), Path(str(default_dir))
-    if dataset_dir.resolve() == default_dir.resolve() and not any(dataset_dir.glob("BraTS*/*_seg.nii.gz")):
-        write_dataset(dataset_dir, num_cases, seed, spacing)
-    return str(dataset_dir)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset_dir", required=True, help="folder to write the BraTS-layout cases into")

@@ -8,15 +8,14 @@ Run from the repository root::
 It synthesizes a training set (``--num_cases`` masses, ``--seed``) and a held-out set of another seed (its test CSV,
 ``--num_cases // 2`` masses, is the test set), trains with the demo settings of ``train.json`` and evaluates through
 the real bundle commands (subprocesses), fits the logistic-regression baseline on ROI size and mean intensity, times
-inference per case in-process and through the inference command, and writes everything to one JSON file.
+inference per case in-process and through the inference command, and writes everything to
+``<work_dir>/benchmark_results.json`` (``common.benchmark``; peak RSS of each command in MiB).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,29 +24,21 @@ import numpy as np
 
 BUNDLE = Path(__file__).resolve().parent.parent
 REPO = BUNDLE.parent.parent
-CONFIGS = "bundles/breast/configs"
+sys.path.insert(0, str(REPO))
+
+from common.benchmark import config_list, run_bundle, write_results  # noqa: E402
 
 
-def bundle_cmd(configs: list[str], *args: str | Path) -> float:
-    """Run ``python -m monai.bundle run`` with the given configs from the repository root; return wall seconds."""
-    files = "[" + ",".join(f"'{CONFIGS}/{c}.json'" for c in configs) + "]"
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *[str(a) for a in args]]
-    start = time.perf_counter()
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"failed: {' '.join(command)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - start
-
-
-def peak_rss_mib() -> float:
-    """Largest resident set of any finished child process so far (MiB)."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+def bundle_cmd(name: str, configs: list[str], log_dir: Path, *args: str | Path) -> dict:
+    """Run ``python -m monai.bundle run`` with the given configs from the repository root (log
+    ``<log_dir>/<name>.log``); return its wall time (s) and peak RSS (MiB)."""
+    return run_bundle(["run", "--config_file", config_list(BUNDLE, *configs), *args], log_dir / f"{name}.log")
 
 
 def roi_features(items: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """Baseline features per mass: ROI area (pixels) and mean windowed intensity inside the ROI."""
     from scripts.dicom import read_dicom
-    from scripts.phantom import crop_box
+    from scripts.transforms import crop_box
 
     features, labels = [], []
     for item in items:
@@ -113,30 +104,34 @@ def main(args: argparse.Namespace) -> dict:
     work = Path(args.work_dir)
     train_dir, test_dir, out, pred = work / "train_data", work / "heldout_data", work / "out", work / "pred"
     result: dict = {"settings": vars(args)}
+    logs = work / "logs"
     for folder, seed, key in ((train_dir, args.seed, "synthesize_s"), (test_dir, args.heldout_seed, None)):
         if not (folder / "mass_case_description_test_set.csv").is_file():  # reuse a set written by an earlier run
-            seconds = bundle_cmd(["synthesize"], "--dataset_dir", folder, "--num_cases", args.num_cases, "--seed", seed)
+            made = bundle_cmd(f"synthesize_{folder.name}", ["synthesize"], logs, "--dataset_dir", folder,
+                              "--num_cases", args.num_cases, "--seed", seed)
             if key:
-                result[key] = seconds
+                result[key] = made["wall_s"]
     train_args = ["--epochs", args.epochs] if args.epochs else []
-    result["train_s"] = bundle_cmd(["train"], "--dataset_dir", train_dir, "--output_dir", out, *train_args)
-    result["peak_rss_train_mib"] = peak_rss_mib()
-    result["evaluate_s"] = bundle_cmd(["train", "evaluate"], "--dataset_dir", test_dir, "--output_dir", out)
+    train = bundle_cmd("train", ["train"], logs, "--dataset_dir", train_dir, "--output_dir", out, *train_args)
+    result["train_s"], result["peak_rss_train_mib"] = train["wall_s"], train["peak_rss_mib"]
+    evaluate = bundle_cmd("evaluate", ["train", "evaluate"], logs, "--dataset_dir", test_dir, "--output_dir", out)
+    result["evaluate_s"] = evaluate["wall_s"]
     result["metrics"] = json.loads((out / "metrics.json").read_text())
-    result["inference_s"] = bundle_cmd(["inference"], "--input_dir", test_dir, "--output_dir", pred, "--ckpt_path",
-                                       out / "models" / "model.pt")
-    result["peak_rss_all_mib"] = peak_rss_mib()
+    inference = bundle_cmd("inference", ["inference"], logs, "--input_dir", test_dir, "--output_dir", pred,
+                           "--ckpt_path", out / "models" / "model.pt")
+    result["inference_s"] = inference["wall_s"]
+    result["peak_rss_mib"] = max(train["peak_rss_mib"], evaluate["peak_rss_mib"], inference["peak_rss_mib"])
     result["baseline_auc_size_intensity"] = baseline_auc(train_dir, test_dir)
     result["speed"] = [time_inference(test_dir, out / "models" / "model.pt", t) for t in (1, 2)]
     result["case_study_hadush_2020"] = {"accuracy": 0.9186, "precision": 0.8765, "sensitivity": 0.9467,
                                         "specificity": 0.8969, "auc": 0.922}
-    (work / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_results(work, result)
     return result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work_dir", required=True, help="folder for the synthetic sets, outputs and benchmark.json")
+    parser.add_argument("--work_dir", required=True, help="folder for the synthetic sets, outputs, logs and the JSON")
     parser.add_argument("--num_cases", type=int, default=400, help="training masses (held-out test: half as many)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training set")
     parser.add_argument("--heldout_seed", type=int, default=1, help="seed of the held-out set")

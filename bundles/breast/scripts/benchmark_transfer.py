@@ -45,7 +45,8 @@ for path in (str(REPO), str(BUNDLE)):
 from common.io import write_json  # noqa: E402
 from common.transfer import param_groups, prepare  # noqa: E402
 from scripts.networks import FREEZE_PRESETS, HadushCNN  # noqa: E402
-from scripts.phantom import crop_box, render_case  # noqa: E402
+from scripts.phantom import render_case  # noqa: E402
+from scripts.transforms import crop_box  # noqa: E402
 
 ARMS = ("scratch", "finetune_all", "frozen_encoder", "features_logreg")
 

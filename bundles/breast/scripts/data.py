@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 
 from common.cli import as_bool
-from common.io import write_json
-from common.validation import Problems, check_dir
+from common.validation import DatasetError, Problems, check_dir
 from scripts.dicom import DicomError, check_decodable, read_dicom, read_header
 
 logger = logging.getLogger(__name__)
@@ -305,54 +304,85 @@ def skip_summary(dataset_dir: str | os.PathLike, split: str = "test", crop_sourc
     return {"num_skipped_rows": len(skipped_rows(dataset_dir, split, crop_source, strict_rows))}
 
 
-def split_train_val(items: list[dict], val_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Seeded hold-out by patient (a patient's CC and MLO views stay together), stratified by label."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
-    rng = np.random.default_rng(int(seed))
-    by_patient: dict[str, list[dict]] = {}
-    for item in items:
-        by_patient.setdefault(item["patient"], []).append(item)
-    val_patients: set[str] = set()
-    for label in (0, 1):
-        group = sorted(p for p, its in by_patient.items() if max(i.get("label", 0) for i in its) == label)
-        rng.shuffle(group)
-        wanted, taken = val_fraction * sum(len(by_patient[p]) for p in group), 0
-        for patient in group:
-            if taken >= wanted - 0.5 or len(val_patients) >= len(by_patient) - 1:
-                break
-            val_patients.add(patient)
-            taken += len(by_patient[patient])
-    if not val_patients and len(by_patient) > 1:
-        val_patients.add(sorted(by_patient)[0])
-    train = [i for i in items if i["patient"] not in val_patients]
-    val = [i for i in items if i["patient"] in val_patients]
-    return train, val
+def prepare_synthetic(dataset_dir: str | os.PathLike, synthetic_dir: str | os.PathLike, num_cases: int = 400,
+                      seed: int = 0, image_size: Sequence[int] = (256, 192), crop_margin: float = 0.25) -> None:
+    """Write the synthetic CBIS-DDSM set into ``dataset_dir`` on first use, only when it is the default
+    ``synthetic_dir`` (:func:`common.synthetic.ensure_synthetic`: one process writes, the others wait)."""
+    from common.synthetic import ensure_synthetic
+    from scripts.phantom import synthesize
+
+    ensure_synthetic(dataset_dir, synthetic_dir, lambda folder: synthesize(
+        folder, num_cases=int(num_cases), seed=int(seed), image_size=list(image_size), crop_margin=float(crop_margin)))
+
+
+def training_split(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None,
+                   val_fraction: float = 0.2, seed: int = 0, synthetic: dict[str, Any] | None = None,
+                   crop_source: str = "cropped", strict_rows: bool | str = True) -> dict[str, list[dict]]:
+    """The checked ``{"train": [...], "validation": [...]}`` masses of the train CSV for training.
+
+    ``synthetic`` (keyword arguments of :func:`prepare_synthetic`) generates the bundle's synthetic set first when
+    ``dataset_dir`` is its default location and still empty; the train CSV is then checked (:func:`validate`). The
+    hold-out is seeded, by patient (a patient's CC and MLO views stay together) and stratified by label
+    (:func:`common.splits.seeded_split`); the split (mass case ids, and the rows skipped when ``strict_rows`` is
+    false, ``skipped_rows``: ``{"row", "case", "reason"}``) is written to ``<output_dir>/splits.json`` and read back
+    from there when present (:func:`common.splits.training_split`).
+
+    Raises:
+        common.validation.DatasetError: every problem of the data listed (see :func:`validate`), or a
+            ``splits.json`` that does not match the data (the file named).
+        ValueError: fewer than 2 patients (no training or no validation part).
+    """
+    from common.splits import select
+    from common.splits import training_split as split_cases
+
+    if synthetic:
+        prepare_synthetic(dataset_dir, **synthetic)
+    validate(dataset_dir, ("train",), crop_source, strict_rows=strict_rows)
+    items = load_split(dataset_dir, "train", crop_source, strict_rows=strict_rows)  # checked and cached above
+    try:
+        ids = split_cases(output_dir, [i["case"] for i in items], val_fraction, seed,
+                          groups={i["case"]: i["patient"] for i in items},
+                          strata={i["case"]: i["label"] for i in items}, dataset_dir=dataset_dir, group_by="patient",
+                          extra={"skipped_rows": skipped_rows(dataset_dir, "train", crop_source, strict_rows)})
+    except ValueError as e:
+        if isinstance(e, DatasetError):
+            raise
+        raise ValueError(f"{csv_path(dataset_dir, 'train')}: too few patients for a train/val split: {e}") from None
+    return {"train": select(items, ids["train"]), "validation": select(items, ids["validation"])}
+
+
+def evaluation_cases(dataset_dir: str | os.PathLike, synthetic: dict[str, Any] | None = None,
+                     crop_source: str = "cropped", strict_rows: bool | str = True) -> list[dict]:
+    """The checked masses of the test CSV (evaluation); ``synthetic`` as in :func:`training_split`.
+
+    Raises:
+        common.validation.DatasetError: every problem of the test split listed (see :func:`validate`).
+    """
+    if synthetic:
+        prepare_synthetic(dataset_dir, **synthetic)
+    validate(dataset_dir, ("test",), crop_source, strict_rows=strict_rows)
+    return load_split(dataset_dir, "test", crop_source, strict_rows=strict_rows)
 
 
 def datalist(dataset_dir: str | os.PathLike, part: str, crop_source: str = "cropped", val_fraction: float = 0.2,
              seed: int = 0, strict_rows: bool | str = True) -> list[dict]:
-    """Items of ``part``: ``train``/``val`` (seeded split of the train CSV) or ``test`` (the test CSV); rows are
-    checked and, unless ``strict_rows``, bad ones skipped exactly as :func:`validate` did (the checks are cached)."""
+    """Items of ``part``: ``train``/``validation`` (the seeded split of the train CSV, :func:`training_split`, not
+    written) or ``test`` (the test CSV); rows are checked and, unless ``strict_rows``, bad ones skipped exactly as
+    :func:`validate` did (the checks are cached)."""
     if part == "test":
         return load_split(dataset_dir, "test", crop_source, strict_rows=strict_rows)
-    if part not in ("train", "val"):
-        raise ValueError(f"part must be 'train', 'val' or 'test', got {part!r}.")
-    train, val = split_train_val(load_split(dataset_dir, "train", crop_source, strict_rows=strict_rows),
-                                 val_fraction, seed)
-    return train if part == "train" else val
+    if part not in ("train", "validation"):
+        raise ValueError(f"part must be 'train', 'validation' or 'test', got {part!r}.")
+    return training_split(dataset_dir, None, val_fraction, seed, crop_source=crop_source, strict_rows=strict_rows)[part]
 
 
 def validate(dataset_dir: str | os.PathLike, splits: Sequence[str] = ("train",), crop_source: str = "cropped",
-             output_dir: str | os.PathLike | None = None, val_fraction: float = 0.2, seed: int = 0,
              strict_rows: bool | str = True) -> None:
-    """Check the dataset before any compute and report every problem at once; write ``splits.json`` for training
-    (with the rows skipped, ``skipped_rows``: ``{"row", "case", "reason"}``, when ``strict_rows`` is false).
+    """Check the dataset before any compute and report every problem at once.
 
     Raises:
         common.validation.DatasetError: listing every problem, each naming its CSV line, case and file (row problems
             only with ``strict_rows``; without it a split whose every row is bad is still an error).
-        ValueError: the training split leaves no training or no validation patient.
     """
     problems = Problems(f"CBIS-DDSM mass dataset {dataset_dir}")
     if check_dir(str(dataset_dir), problems, "dataset folder", override="--dataset_dir"):
@@ -364,28 +394,21 @@ def validate(dataset_dir: str | os.PathLike, splits: Sequence[str] = ("train",),
         labels = {i["label"] for i in items}
         if len(labels) < 2:
             logger.warning("%s split has only class(es) %s: AUC is undefined", split, sorted(labels))
-    if output_dir is not None and "train" in loaded:
-        train, val = split_train_val(loaded["train"], val_fraction, seed)
-        if not train or not val:
-            raise ValueError(f"{csv_path(dataset_dir, 'train')}: too few patients for a train/val split "
-                             f"({len(train)} train, {len(val)} val masses).")
-        write_json(Path(str(output_dir)) / "splits.json", {"seed": int(seed), "val_fraction": float(val_fraction),
-                                                           "train": [i["case"] for i in train],
-                                                           "val": [i["case"] for i in val],
-                                                           "skipped_rows": skipped_rows(dataset_dir, "train",
-                                                                                        crop_source, strict_rows)})
 
 
-def class_weights(dataset_dir: str | os.PathLike, weights: Any = "balanced", crop_source: str = "cropped",
-                  val_fraction: float = 0.2, seed: int = 0, strict_rows: bool | str = True) -> Any:
-    """Cross-entropy class weights: ``"balanced"`` (n / (2 n_c) on the training part) or an explicit pair."""
+def class_weights(items: Sequence[dict], weights: Any = "balanced") -> Any:
+    """Cross-entropy class weights: ``"balanced"`` (n / (2 n_c) over the training ``items``' labels) or an explicit
+    pair ``[w_benign, w_malignant]``.
+
+    Raises:
+        ValueError: an unknown string, or not two positive numbers.
+    """
     import torch
 
     if isinstance(weights, str):
         if weights != "balanced":
             raise ValueError(f"class_weights must be 'balanced' or [w_benign, w_malignant], got {weights!r}.")
-        labels = np.array([i["label"] for i in datalist(dataset_dir, "train", crop_source, val_fraction, seed,
-                                                          strict_rows)])
+        labels = np.array([i["label"] for i in items], dtype=int)
         counts = np.maximum(np.bincount(labels, minlength=2), 1)
         weights = (labels.size / (2.0 * counts)).tolist()
     if len(weights) != 2 or min(weights) <= 0:

@@ -115,7 +115,7 @@ def lesion_masks(dataset_dir: str | os.PathLike, split: str = "test", margin: fl
     from common.validation import Problems
     from scripts.data import load_split
     from scripts.dicom import read_dicom, read_header
-    from scripts.phantom import crop_box
+    from scripts.transforms import crop_box
 
     problems = Problems(f"ROI masks of {dataset_dir}")
     with_masks = load_split(dataset_dir, split, "roi_mask", problems, check_files=False, strict_rows=False)

@@ -23,26 +23,12 @@ from scipy import ndimage
 
 from common.io import write_csv
 from scripts.dicom import write_dicom
+from scripts.transforms import crop_box
 
 CSV_COLUMNS = ["patient_id", "breast_density", "left or right breast", "image view", "abnormality id",
                "abnormality type", "mass shape", "mass margins", "assessment", "pathology", "subtlety",
                "image file path", "cropped image file path", "ROI mask file path"]
 SPLITS = {"train": "Training", "test": "Test"}
-
-
-def crop_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int]:
-    """Square box around the nonzero pixels of ``mask``, enlarged by ``margin`` x its side on each side.
-
-    Returns ``(y0, y1, x0, x1)`` clipped to the image. Raises ValueError on an empty mask.
-    """
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-        raise ValueError("ROI mask is empty: no pixel above zero.")
-    cy, cx = (ys.min() + ys.max() + 1) / 2.0, (xs.min() + xs.max() + 1) / 2.0
-    side = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) * (1.0 + 2.0 * margin)
-    y0, x0 = int(round(cy - side / 2)), int(round(cx - side / 2))
-    y1, x1 = y0 + int(round(side)), x0 + int(round(side))
-    return max(y0, 0), min(y1, mask.shape[0]), max(x0, 0), min(x1, mask.shape[1])
 
 
 def breast_background(rng: np.random.Generator, shape: tuple[int, int], view: str, density: int) -> tuple:
@@ -253,15 +239,4 @@ def synthesize(dataset_dir: str | os.PathLike, num_cases: int = 400, seed: int =
     next_patient = write_split(root, rng, "train", num_cases, 1, shape, crop_margin, malignant_fraction, scanner)
     write_split(root, rng, "test", max(num_cases // 2, 8), next_patient, shape, crop_margin, malignant_fraction,
                 scanner)
-    return str(root)
-
-
-def ensure_dataset(dataset_dir: str | os.PathLike, default_dir: str | os.PathLike, num_cases: int = 400,
-                   seed: int = 0, image_size: tuple[int, int] | list[int] = (256, 192),
-                   crop_margin: float = 0.25) -> str:
-    """Generate the synthetic set on first use, only when ``dataset_dir`` is the bundle's default synthetic folder."""
-    root = Path(str(dataset_dir))
-    if (root.resolve() == Path(str(default_dir)).resolve()
-            and not (root / "mass_case_description_train_set.csv").exists()):
-        synthesize(root, num_cases=num_cases, seed=seed, image_size=image_size, crop_margin=crop_margin)
     return str(root)

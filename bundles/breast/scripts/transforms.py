@@ -15,7 +15,21 @@ from scipy import ndimage
 from skimage.restoration import denoise_bilateral
 
 from scripts.dicom import read_dicom
-from scripts.phantom import crop_box
+
+
+def crop_box(mask: np.ndarray, margin: float) -> tuple[int, int, int, int]:
+    """Square box around the nonzero pixels of ``mask``, enlarged by ``margin`` x its side on each side.
+
+    Returns ``(y0, y1, x0, x1)`` clipped to the image. Raises ValueError on an empty mask.
+    """
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        raise ValueError("ROI mask is empty: no pixel above zero.")
+    cy, cx = (ys.min() + ys.max() + 1) / 2.0, (xs.min() + xs.max() + 1) / 2.0
+    side = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) * (1.0 + 2.0 * margin)
+    y0, x0 = int(round(cy - side / 2)), int(round(cx - side / 2))
+    y1, x1 = y0 + int(round(side)), x0 + int(round(side))
+    return max(y0, 0), min(y1, mask.shape[0]), max(x0, 0), min(x1, mask.shape[1])
 
 
 class LoadMass(Transform):

@@ -1,11 +1,12 @@
 """Benchmark of the cardiac bundle (issue: accuracy, non-triviality, speed), run from the repository root.
 
-    .venv/bin/python bundles/cardiac/scripts/benchmark.py --work_dir /tmp/cardiac_bench --out bench.json
+    .venv/bin/python bundles/cardiac/scripts/benchmark.py --work_dir /tmp/cardiac_bench
 
 Synthesizes a training set (seed 0) and a held-out set (seed 1), trains with the demo settings of train.json through
 the real bundle command, evaluates on the held-out patients, runs the classical baseline (thresholding + connected
 components around the image centre) on the same patients, times inference (whole command and per patient in
-process) and the network alone against the Model Zoo peer's input size, and records peak RSS of the children.
+process) and the network alone against the Model Zoo peer's input size, and records each command's peak RSS (MiB).
+Results go to ``<work_dir>/benchmark_results.json`` (``common.benchmark``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,24 +21,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[3]
 BUNDLE = REPO / "bundles" / "cardiac"
 CONFIGS = BUNDLE / "configs"
+sys.path.insert(0, str(REPO))
+
+from common.benchmark import config_list, run_bundle, write_results  # noqa: E402
 
 
-def bundle_run(configs: list[str], env: dict, **overrides) -> float:
-    """Run ``python -m monai.bundle run`` with the given configs and overrides; return its wall time in s."""
-    files = "[" + ",".join(f"'{CONFIGS / c}.json'" for c in configs) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files]
+def bundle_run(name: str, configs: list[str], env: dict, log_dir: Path, **overrides) -> dict:
+    """Run ``python -m monai.bundle run`` with the given configs and overrides (log ``<log_dir>/<name>.log``);
+    return its wall time (s) and peak RSS (MiB)."""
+    args = ["run", "--config_file", config_list(BUNDLE, *configs)]
     for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - start
-
-
-def peak_rss_gib() -> float:
-    """Peak resident set size of the largest child so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+        args += [f"--{key}", str(value)]
+    return run_bundle(args, log_dir / f"{name}.log", env=env)
 
 
 def baseline_metrics(test_dir: Path) -> dict:
@@ -110,31 +103,33 @@ def main(args: argparse.Namespace) -> dict:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(args.threads)}
     train_dir, test_root, out = work / "train", work / "heldout", work / "out"
     res: dict = {"threads": args.threads, "num_train": args.num_train, "num_test": args.num_test}
-    res["synthesize_s"] = bundle_run(["synthesize"], env, dataset_dir=train_dir, num_cases=args.num_train,
-                                     num_test_cases=1, seed=0)
-    bundle_run(["synthesize"], env, dataset_dir=test_root, num_cases=1, num_test_cases=args.num_test, seed=1)
+    logs = work / "logs"
+    res["synthesize_s"] = bundle_run("synthesize_train", ["synthesize"], env, logs, dataset_dir=train_dir,
+                                     num_cases=args.num_train, num_test_cases=1, seed=0)["wall_s"]
+    bundle_run("synthesize_heldout", ["synthesize"], env, logs, dataset_dir=test_root, num_cases=1,
+               num_test_cases=args.num_test, seed=1)
     extra = {"epochs": args.epochs} if args.epochs else {}
-    res["train_s"] = bundle_run(["train"], env, dataset_dir=train_dir, output_dir=out, **extra)
-    res["peak_rss_train_gib"] = peak_rss_gib()
+    train = bundle_run("train", ["train"], env, logs, dataset_dir=train_dir, output_dir=out, **extra)
+    res["train_s"], res["peak_rss_train_mib"] = train["wall_s"], train["peak_rss_mib"]
     # evaluate reads <dataset_dir>/testing: the held-out patients of the seed-1 set
-    res["evaluate_s"] = bundle_run(["train", "evaluate"], env, dataset_dir=test_root, output_dir=out)
+    evaluate = bundle_run("evaluate", ["train", "evaluate"], env, logs, dataset_dir=test_root, output_dir=out)
+    res["evaluate_s"] = evaluate["wall_s"]
     res["metrics"] = json.loads((out / "metrics.json").read_text())
-    res["inference_s"] = bundle_run(["inference"], env, input_dir=test_root / "testing", output_dir=work / "pred",
-                                    ckpt_path=out / "models" / "model.pt")
+    inference = bundle_run("inference", ["inference"], env, logs, input_dir=test_root / "testing",
+                           output_dir=work / "pred", ckpt_path=out / "models" / "model.pt")
+    res["inference_s"] = inference["wall_s"]
     res["inference_s_per_patient_whole_command"] = res["inference_s"] / args.num_test
-    res["peak_rss_gib"] = peak_rss_gib()
+    res["peak_rss_mib"] = max(train["peak_rss_mib"], evaluate["peak_rss_mib"], inference["peak_rss_mib"])
     res["baseline"] = baseline_metrics(test_root / "testing")
     res.update(network_timing(args.threads, test_root / "testing", out / "models" / "model.pt"))
     res["peer_ms_per_10_slice_volume_256"] = 162.0
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    write_results(work, res)
     return res
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work_dir", default="/tmp/cardiac_bench", help="scratch folder for data, models, outputs")
-    p.add_argument("--out", default="/tmp/cardiac_bench/benchmark.json", help="where to write the results JSON")
     p.add_argument("--num_train", type=int, default=30, help="training patients (seed 0)")
     p.add_argument("--num_test", type=int, default=10, help="held-out patients (seed 1)")
     p.add_argument("--epochs", type=int, default=0, help="override train.json's epochs (0: demo default)")

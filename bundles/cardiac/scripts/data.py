@@ -2,7 +2,8 @@
 
 Reads ``Info.cfg`` (ED/ES frame numbers), lists the ED and ES frames of every patient, checks the whole split before
 any compute is spent (every problem reported at once, naming patient and file), and builds the data lists of the
-train / validate / evaluate workflows: one item per (patient, phase), ED before ES, patients in order.
+train / validate / evaluate workflows: one item per (patient, phase), ED before ES, patients in order; the
+training/validation split is by patient (:mod:`common.splits`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import nibabel as nib
 import numpy as np
 
 from common.geometry import GeometryError, load, voxel_sizes
-from common.io import write_json
 from common.validation import Problems, check_dir, check_file, check_finite, check_labels
 
 logger = logging.getLogger(__name__)
@@ -158,40 +158,51 @@ def check_split(dataset_dir: str | Path, split: str, need_labels: bool = True) -
     return items
 
 
-def split_patients(items: list[dict[str, Any]], val_fraction: float, seed: int) -> dict[str, list[str]]:
-    """Seeded patient-level split into ``train`` and ``val`` (at least one patient in each when possible)."""
-    patients = sorted({i["patient"] for i in items})
-    order = np.random.default_rng(int(seed)).permutation(len(patients))
-    n_val = min(max(1, round(len(patients) * float(val_fraction))), max(len(patients) - 1, 1))
-    val = sorted(patients[i] for i in order[:n_val])
-    train = sorted(p for p in patients if p not in val) or val
-    return {"train": train, "val": val}
+def prepare_synthetic(dataset_dir: str, synthetic_dir: str, num_cases: int = 30, seed: int = 0,
+                      image_size: int = 128) -> None:
+    """Write the synthetic ACDC set into ``dataset_dir`` on first use, only when it is the default ``synthetic_dir``
+    (:func:`common.synthetic.ensure_synthetic`: one process writes, the others wait)."""
+    from common.synthetic import ensure_synthetic
+
+    from .phantom import write_dataset
+
+    ensure_synthetic(dataset_dir, synthetic_dir, lambda folder: write_dataset(
+        folder, num_cases=int(num_cases), seed=int(seed), image_size=int(image_size)))
 
 
-def prepare(dataset_dir: str, synthetic_dir: str, output_dir: str, num_cases: int, image_size: int, seed: int,
-            val_fraction: float) -> dict[str, list[str]]:
-    """First step of training: synthesize the default dataset if needed, check it, write ``splits.json``.
+def training_split(dataset_dir: str, output_dir: str | None = None, val_fraction: float = 0.2, seed: int = 0,
+                   synthetic: dict[str, Any] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The checked ``{"train": [...], "validation": [...]}`` items of ``<dataset_dir>/training`` (ED and ES of every
+    patient, patients in order) for training.
+
+    ``synthetic`` (keyword arguments of :func:`prepare_synthetic`) generates the bundle's synthetic set first when
+    ``dataset_dir`` is its default location and still empty. A seeded ``val_fraction`` of the patients (at least
+    one, never all) is held out (:func:`common.splits.seeded_split`); the split (patient ids) is written to
+    ``<output_dir>/splits.json`` and read back from there when present (:func:`common.splits.training_split`).
 
     Raises:
-        DatasetError: the training split has problems (all listed).
+        DatasetError: the training split has problems (all listed), or a ``splits.json`` that does not match the
+            data (the file named); ValueError: fewer than 2 patients.
     """
-    dataset_dir = str(dataset_dir)
-    if (Path(dataset_dir).resolve() == Path(str(synthetic_dir)).resolve()
-            and not (Path(dataset_dir) / "training").is_dir()):
-        from scripts.phantom import write_dataset
+    from common.splits import select
+    from common.splits import training_split as split_cases
 
-        logger.info("no --dataset_dir given: writing the synthetic dataset to %s", dataset_dir)
-        write_dataset(dataset_dir, num_cases=num_cases, seed=seed, image_size=image_size)
-    splits = split_patients(check_split(dataset_dir, "training"), val_fraction, seed)
-    write_json(Path(str(output_dir)) / "splits.json", splits)
-    return splits
+    if synthetic:
+        prepare_synthetic(str(dataset_dir), **synthetic)
+    items = check_split(str(dataset_dir), "training")
+    patients = sorted({i["patient"] for i in items})
+    ids = split_cases(output_dir, patients, val_fraction, seed, dataset_dir=dataset_dir, group_by="patient")
+    return {part: select(items, ids[part], key="patient") for part in ("train", "validation")}
 
 
-def datalist(dataset_dir: str, split: str, part: str = "all", val_fraction: float = 0.2,
-             seed: int = 0) -> list[dict[str, Any]]:
-    """Items of ``<dataset_dir>/<split>`` (``part``: ``all``, or ``train``/``val`` of the seeded patient split)."""
-    items = check_split(str(dataset_dir), split)
-    if part == "all":
-        return items
-    keep = set(split_patients(items, val_fraction, seed)[part])
-    return [i for i in items if i["patient"] in keep]
+def evaluation_cases(dataset_dir: str, split: str = "testing",
+                     synthetic: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The checked items of ``<dataset_dir>/<split>`` (ACDC ``testing``) for evaluation; ``synthetic`` as in
+    :func:`training_split`.
+
+    Raises:
+        DatasetError: every problem of the split listed (patient and file).
+    """
+    if synthetic:
+        prepare_synthetic(str(dataset_dir), **synthetic)
+    return check_split(str(dataset_dir), split)

@@ -8,7 +8,7 @@ Steps: synthesize a training set (seed 0) and a held-out set (another seed), tra
 ``train.json`` through the real bundle command, evaluate on the held-out ``test/`` split, predict it with
 ``inference.json``, compute the classical green-channel baseline (background subtraction + a threshold tuned on the
 training images), time full-image inference on one 565x584 image in-process, and record every subprocess's peak RSS.
-Results go to ``<work_dir>/benchmark.json``.
+Results go to ``<work_dir>/benchmark_results.json`` (``common.benchmark``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,29 +27,21 @@ import numpy as np
 BUNDLE = Path(__file__).resolve().parent.parent
 REPO = BUNDLE.parent.parent
 CONFIGS = BUNDLE / "configs"
-# peak RSS of the grandchild: the wrapper runs the command and prints its children's ru_maxrss (KiB on Linux)
-_WRAPPER = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]).returncode; "
-            "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r)")
+sys.path.insert(0, str(REPO))
+from common.benchmark import config_list, run_bundle, write_results  # noqa: E402
 
 logger = logging.getLogger("eye.benchmark")
 
 
-def run_step(name: str, args: list[str], log_dir: Path) -> dict[str, Any]:
-    """Run ``python -m monai.bundle <args>`` from the repository root; return wall time and peak RSS."""
-    command = [sys.executable, "-c", _WRAPPER, sys.executable, "-m", "monai.bundle", *map(str, args)]
-    start = time.perf_counter()
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    (log_dir / f"{name}.log").write_text(proc.stdout + "\n--- stderr\n" + proc.stderr)
-    if proc.returncode != 0:
-        raise RuntimeError(f"step {name} failed ({proc.returncode}); see {log_dir / (name + '.log')}")
-    peak = next(int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("PEAK_RSS_KIB"))
-    logger.info("%s: %.1f s, peak RSS %.0f MiB", name, wall, peak / 1024)
-    return {"wall_s": round(wall, 2), "peak_rss_mib": round(peak / 1024, 1)}
+def run_step(name: str, args: list[Any], log_dir: Path) -> dict[str, Any]:
+    """Run ``python -m monai.bundle <args>`` from the repository root; return its wall time and peak RSS (MiB)."""
+    measured = run_bundle(args, log_dir / f"{name}.log")
+    logger.info("%s: %.1f s, peak RSS %.0f MiB", name, measured["wall_s"], measured["peak_rss_mib"])
+    return measured
 
 
 def cfg(*names: str) -> str:
-    return "[" + ",".join(f"'{CONFIGS / n}.json'" for n in names) + "]"
+    return config_list(BUNDLE, *names)
 
 
 def baseline_scores(rgb: np.ndarray, fov: np.ndarray, size: int = 25) -> np.ndarray:
@@ -151,8 +142,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     image = sorted((test_dir / "test" / "images").glob("*.tif"))[0]
     res["speed"] = time_inference(image, out / "models" / "model.pt", repeats=args.repeats)
     res["peak_rss_mib"] = max(v["peak_rss_mib"] for v in res.values() if isinstance(v, dict) and "peak_rss_mib" in v)
-    (work / "benchmark.json").write_text(json.dumps(res, indent=2) + "\n")
-    logger.info("results written to %s", work / "benchmark.json")
+    logger.info("results written to %s", write_results(work, res))
     return res
 
 

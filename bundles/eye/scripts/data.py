@@ -1,4 +1,4 @@
-"""The DRIVE layout reader, the seeded training/validation split and the data checks run before any compute.
+"""The DRIVE layout reader, the training/validation split and the data checks run before any compute.
 
 Layout: ``D/{training,test}/images/NN_<split>.tif``, ``D/<split>/1st_manual/NN_manual1.gif`` (vessels = 255),
 ``D/<split>/mask/NN_<split>_mask.gif`` (FOV = 255). A missing FOV mask is not an error: the FOV is then estimated
@@ -14,11 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common.distributed import barrier, is_rank0
 from common.errors import describe
 from common.inputs import pil_image_suffixes
-from common.io import write_json
-from common.validation import DatasetError, Problems, check_file
+from common.validation import Problems, check_file
 
 from .transforms import binary_values_ok
 
@@ -134,47 +132,51 @@ def check_dataset(dataset_dir: str, splits: Sequence[str] = ("training",), min_c
     return str(dataset_dir)
 
 
-def training_split(dataset_dir: str, val_fraction: float = 0.2, seed: int = 0,
-                   output_dir: str | None = None) -> dict[str, list[dict[str, str]]]:
-    """Seeded hold-out split of DRIVE ``training/`` into ``train`` and ``validation`` (at least one image each).
+def prepare_synthetic(dataset_dir: str, synthetic_dir: str, num_cases: int = 20, seed: int = 0, height: int = 584,
+                      width: int = 565) -> None:
+    """Write the synthetic DRIVE set into ``dataset_dir`` on first use, only when it is the default ``synthetic_dir``
+    (:func:`common.synthetic.ensure_synthetic`: one process writes, the others wait). A user-given
+    ``--dataset_dir`` is never written to: a missing one is reported by :func:`check_dataset`."""
+    from common.synthetic import ensure_synthetic
 
-    The split is written to ``<output_dir>/splits.json`` (splits are data, as in nnU-Net).
+    from .phantom import write_dataset
+
+    ensure_synthetic(dataset_dir, synthetic_dir, lambda folder: write_dataset(
+        folder, num_cases=int(num_cases), seed=int(seed), height=int(height), width=int(width)))
+
+
+def training_split(dataset_dir: str, output_dir: str | None = None, val_fraction: float = 0.2, seed: int = 0,
+                   synthetic: dict | None = None, min_size: Sequence[int] = (1, 1)) -> dict[str, list[dict[str, str]]]:
+    """The checked ``{"train": [...], "validation": [...]}`` cases of DRIVE ``training/`` for training.
+
+    ``synthetic`` (keyword arguments of :func:`prepare_synthetic`) generates the bundle's synthetic set first when
+    ``dataset_dir`` is its default location and still empty; then ``training/`` is checked (at least 2 images, each
+    at least ``min_size`` (H, W), the training patch). A seeded ``val_fraction`` (at least one image, never all) is
+    held out (:func:`common.splits.seeded_split`); the split is written to ``<output_dir>/splits.json`` and read
+    back from there when present (:func:`common.splits.training_split`).
 
     Raises:
-        ValueError: ``val_fraction`` outside (0, 1); DatasetError: fewer than 2 training images.
+        DatasetError: every problem of the data listed, or a ``splits.json`` that does not match the data (the file
+            named); ValueError: ``val_fraction`` outside (0, 1).
     """
-    if not 0.0 < float(val_fraction) < 1.0:
-        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}.")
+    from common.splits import select
+    from common.splits import training_split as split_cases
+
+    if synthetic:
+        prepare_synthetic(str(dataset_dir), **synthetic)
+    check_dataset(str(dataset_dir), splits=("training",), min_cases=2, min_size=min_size)
     cases = list_split(dataset_dir, "training")
-    if len(cases) < 2:
-        raise DatasetError(f"eye dataset {dataset_dir}", [(str(Path(str(dataset_dir)) / "training" / "images"),
-                                                           f"{len(cases)} training image(s); at least 2 needed "
-                                                           "(one is held out for validation)")])
-    order = np.random.default_rng(int(seed)).permutation(len(cases))
-    n_val = min(len(cases) - 1, max(1, int(round(len(cases) * float(val_fraction)))))
-    split = {"train": [cases[i] for i in sorted(order[n_val:])],
-             "validation": [cases[i] for i in sorted(order[:n_val])]}
-    if output_dir is not None and is_rank0():
-        write_json(Path(str(output_dir)) / "splits.json",
-                   {k: [c["case"] for c in v] for k, v in split.items()} | {"seed": int(seed)})
-    return split
+    ids = split_cases(output_dir, [c["case"] for c in cases], val_fraction, seed, dataset_dir=dataset_dir)
+    return {"train": select(cases, ids["train"]), "validation": select(cases, ids["validation"])}
 
 
-def test_cases(dataset_dir: str) -> list[dict[str, str]]:
-    """The DRIVE ``test/`` split (evaluation)."""
-    return list_split(dataset_dir, "test")
+def evaluation_cases(dataset_dir: str, synthetic: dict | None = None) -> list[dict[str, str]]:
+    """The checked cases of DRIVE ``test/`` (evaluation); ``synthetic`` as in :func:`training_split`.
 
-
-def prepare(dataset_dir: str, default_dir: str, num_cases: int = 20, seed: int = 0, height: int = 584,
-            width: int = 565, splits: Sequence[str] = ("training",), min_cases: int = 1,
-            min_size: Sequence[int] = (1, 1)) -> str:
-    """Generate the synthetic set when ``dataset_dir`` is the bundle's default and does not exist yet, then check it.
-
-    A user-given ``--dataset_dir`` is never written to: a missing one is reported as an error.
+    Raises:
+        DatasetError: every problem of the test split listed.
     """
-    from .phantom import ensure_dataset
-
-    if Path(str(dataset_dir)).resolve() == Path(str(default_dir)).resolve() and is_rank0():
-        ensure_dataset(str(dataset_dir), num_cases=num_cases, seed=seed, height=height, width=width)
-    barrier()
-    return check_dataset(str(dataset_dir), splits=splits, min_cases=min_cases, min_size=min_size)
+    if synthetic:
+        prepare_synthetic(str(dataset_dir), **synthetic)
+    check_dataset(str(dataset_dir), splits=("test",), min_cases=1)
+    return list_split(dataset_dir, "test")

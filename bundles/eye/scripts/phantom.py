@@ -259,11 +259,3 @@ def write_dataset(dataset_dir: str, num_cases: int = 20, seed: int = 0, height: 
             _save(fov, paths["fov"], "GIF")
     logger.info("wrote synthetic DRIVE dataset to %s: %s", dataset_dir, counts)
     return counts
-
-
-def ensure_dataset(dataset_dir: str, num_cases: int = 20, seed: int = 0, height: int = 584, width: int = 565) -> str:
-    """Generate the synthetic dataset in ``dataset_dir`` unless it already holds a ``training/images`` folder."""
-    if not (Path(str(dataset_dir)) / "training" / "images").is_dir():
-        logger.info("no dataset in %s: generating the synthetic DRIVE set there (first use)", dataset_dir)
-        write_dataset(str(dataset_dir), num_cases=num_cases, seed=seed, height=height, width=width)
-    return str(dataset_dir)

@@ -6,18 +6,17 @@ per training seed, evaluates every run on the held-out test split, fits the colo
 regression on the mean and standard deviation of the H and E channels of ``skimage.color.rgb2hed``), measures
 inference throughput and the time for one ``--slide_size`` square slide, checks where Grad-CAM points on phantom
 tumour patches whose tumour mask the generator knows (``gradcam_faithfulness``: CAM mass inside the tumour against
-the tumour's area fraction, what a uniform map scores), and writes everything to a JSON file.
+the tumour's area fraction, what a uniform map scores), and writes everything to
+``<work_dir>/benchmark_results.json`` (``common.benchmark``; peak RSS in MiB).
 
 Run from the repository root:
-    .venv/bin/python bundles/pathology/scripts/benchmark.py --work_dir /tmp/pathology_bench --output bench.json
+    .venv/bin/python bundles/pathology/scripts/benchmark.py --work_dir /tmp/pathology_bench
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,17 +26,17 @@ import numpy as np
 BUNDLE = Path(__file__).resolve().parent.parent
 REPO = BUNDLE.parent.parent
 CONFIGS = BUNDLE / "configs"
+sys.path.insert(0, str(REPO))
+
+from common.benchmark import config_list, run_bundle, write_results  # noqa: E402
 
 
-def bundle_run(configs: list[str], *args: object) -> float:
-    """Run ``python -m monai.bundle run`` with ``configs``; return its wall time in seconds."""
-    files = "[" + ",".join(f"'{CONFIGS / c}.json'" for c in configs) + "]"
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files] + [str(a) for a in args]
-    start = time.perf_counter()
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - start
+def bundle_run(configs: list[str], *args: object, log: Path, peaks: list[float]) -> float:
+    """Run ``python -m monai.bundle run`` with ``configs`` (output to ``log``); append its peak RSS (MiB) to ``peaks``
+    and return its wall time in seconds."""
+    measured = run_bundle(["run", "--config_file", config_list(BUNDLE, *configs), *args], log)
+    peaks.append(measured["peak_rss_mib"])
+    return measured["wall_s"]
 
 
 def colour_features(images: np.ndarray) -> np.ndarray:
@@ -242,21 +241,24 @@ def main(args: argparse.Namespace) -> dict:
     work = Path(args.work_dir)
     train_dir, test_dir, slide_dir = work / "train_data", work / "heldout_data", work / "slide"
     results: dict = {"settings": vars(args)}
+    logs, peaks = work / "logs", []
     if not (train_dir / "camelyonpatch_level_2_split_train_x.h5").exists():
         bundle_run(["synthesize"], "--dataset_dir", train_dir, "--num_cases", args.num_train, "--seed", args.seed,
-                   "--num_slides", 0)
+                   "--num_slides", 0, log=logs / "synthesize_train.log", peaks=peaks)
     if not (test_dir / "camelyonpatch_level_2_split_test_x.h5").exists():
         bundle_run(["synthesize"], "--dataset_dir", test_dir, "--num_cases", 2 * args.num_test, "--seed",
-                   args.seed + 1, "--num_slides", 0)
+                   args.seed + 1, "--num_slides", 0, log=logs / "synthesize_heldout.log", peaks=peaks)
     seeds = [int(s) for s in str(args.train_seeds).split(",") if s.strip()]
     for name, normalise in (("with_stain_normalisation", True), ("without_stain_normalisation", False)):
         runs = []
         for train_seed in seeds:
             out = work / name if train_seed == seeds[0] else work / f"{name}_seed{train_seed}"
             train_s = bundle_run(["train"], "--dataset_dir", train_dir, "--output_dir", out,
-                                 "--stain_normalisation", normalise, "--seed", train_seed)
+                                 "--stain_normalisation", normalise, "--seed", train_seed,
+                                 log=logs / f"train_{out.name}.log", peaks=peaks)
             # no --stain_normalisation here: evaluation reads the setting recorded beside the checkpoint
-            eval_s = bundle_run(["train", "evaluate"], "--dataset_dir", test_dir, "--output_dir", out)
+            eval_s = bundle_run(["train", "evaluate"], "--dataset_dir", test_dir, "--output_dir", out,
+                                log=logs / f"evaluate_{out.name}.log", peaks=peaks)
             metrics = json.loads((out / "metrics.json").read_text())
             runs.append({"seed": train_seed, "train_s": train_s, "evaluate_s": eval_s, **metrics})
         aucs = [r["auc"] for r in runs]
@@ -273,17 +275,17 @@ def main(args: argparse.Namespace) -> dict:
         results["slide_synthesis_s"] = big_slide(slide_dir / "synthetic_slide_000.tif", args.slide_size, args.seed)
     results["slide_inference_s"] = bundle_run(
         ["inference"], "--input_dir", slide_dir, "--output_dir", work / "slide_pred", "--ckpt_path",
-        work / "with_stain_normalisation" / "models" / "model.pt")
+        work / "with_stain_normalisation" / "models" / "model.pt", log=logs / "slide_inference.log",
+        peaks=peaks)
     results["slide_size"] = args.slide_size
-    results["peak_rss_children_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    results["peak_rss_mib"] = max(peaks)
+    write_results(work, results)
     return results
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work_dir", required=True, help="folder for data, runs and predictions")
-    parser.add_argument("--output", default="pathology_benchmark.json", help="JSON file of the results")
     parser.add_argument("--num_train", type=int, default=2000, help="synthetic training patches")
     parser.add_argument("--num_test", type=int, default=500, help="held-out test patches (unseen staining site)")
     parser.add_argument("--num_cam", type=int, default=200,

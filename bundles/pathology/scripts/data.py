@@ -10,9 +10,17 @@ import h5py
 import numpy as np
 
 from common.validation import Problems, check_dir, check_file
-from scripts.phantom import PATCH, split_paths, synthesize
 
 logger = logging.getLogger(__name__)
+
+PATCH = 96  # PCam patches are 96 x 96 RGB
+SPLITS = ("train", "valid", "test")
+
+
+def split_paths(dataset_dir: str | Path, split: str) -> tuple[Path, Path]:
+    """The PCam x and y files of ``split`` under ``dataset_dir``."""
+    stem = Path(str(dataset_dir)) / f"camelyonpatch_level_2_split_{split}"
+    return Path(f"{stem}_x.h5"), Path(f"{stem}_y.h5")
 
 
 def check_split(dataset_dir: str | Path, split: str, problems: Problems) -> int:
@@ -68,26 +76,63 @@ def validate(dataset_dir: str | Path, splits: list[str] | tuple[str, ...] = ("tr
     return counts
 
 
-def prepare(dataset_dir: str | Path, synthetic_dir: str | Path,
-            splits: list[str] | tuple[str, ...] = ("train", "valid"), num_cases: int = 2000, seed: int = 0,
-            num_slides: int = 1, slide_size: int = 2048) -> dict[str, int]:
-    """Generate the synthetic set on first use when ``dataset_dir`` is the bundle's default ``synthetic_dir`` and it
-    has no data yet; then :func:`validate` the splits."""
-    dataset_dir, synthetic_dir = Path(str(dataset_dir)), Path(str(synthetic_dir))
-    if dataset_dir.resolve() == synthetic_dir.resolve() and not split_paths(dataset_dir, "train")[0].exists():
-        logger.info("no data in %s: generating the synthetic PCam set there (pass --dataset_dir for real data)",
-                    dataset_dir)
-        synthesize(dataset_dir, num_cases=num_cases, seed=seed, num_slides=num_slides, slide_size=slide_size)
-    return validate(dataset_dir, splits)
+def prepare_synthetic(dataset_dir: str | Path, synthetic_dir: str | Path, num_cases: int = 2000, seed: int = 0,
+                      num_slides: int = 1, slide_size: int = 2048) -> None:
+    """Write the synthetic PCam set (and slides) into ``dataset_dir`` on first use, only when it is the default
+    ``synthetic_dir`` (:func:`common.synthetic.ensure_synthetic`: one process writes, the others wait)."""
+    from common.synthetic import ensure_synthetic
+    from scripts.phantom import synthesize
+
+    ensure_synthetic(dataset_dir, synthetic_dir, lambda folder: synthesize(
+        folder, num_cases=int(num_cases), seed=int(seed), num_slides=int(num_slides), slide_size=int(slide_size)))
+
+
+def training_split(dataset_dir: str | Path, output_dir: str | Path | None = None, synthetic: dict | None = None,
+                   limit: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The checked ``{"train": [...], "validation": [...]}`` patches for training: PCam's own ``train`` (the first
+    ``limit`` patches, when given) and ``valid`` splits.
+
+    ``synthetic`` (keyword arguments of :func:`prepare_synthetic`) generates the bundle's synthetic set first when
+    ``dataset_dir`` is its default location and still empty; both splits are then checked (:func:`validate`). The
+    split (patch case ids, ``source`` ``layout``) is written to ``<output_dir>/splits.json`` and read back from
+    there when present (:func:`common.splits.training_split`).
+
+    Raises:
+        DatasetError: every problem of the data listed, or a ``splits.json`` that does not match the data (the file
+            named).
+    """
+    from common.splits import select
+    from common.splits import training_split as split_cases
+
+    if synthetic:
+        prepare_synthetic(dataset_dir, **synthetic)
+    validate(dataset_dir, ("train", "valid"))
+    parts = {"train": datalist(dataset_dir, "train", limit), "validation": datalist(dataset_dir, "valid")}
+    ids = split_cases(output_dir, [i["case"] for part in parts.values() for i in part],
+                      given={part: [i["case"] for i in items] for part, items in parts.items()}, source="layout",
+                      dataset_dir=dataset_dir)
+    return {part: select(items, ids[part]) for part, items in parts.items()}
+
+
+def evaluation_cases(dataset_dir: str | Path, synthetic: dict | None = None) -> list[dict[str, Any]]:
+    """The checked patches of PCam's ``test`` split (evaluation); ``synthetic`` as in :func:`training_split`.
+
+    Raises:
+        DatasetError: every problem of the test split listed.
+    """
+    if synthetic:
+        prepare_synthetic(dataset_dir, **synthetic)
+    validate(dataset_dir, ("test",))
+    return datalist(dataset_dir, "test")
 
 
 def datalist(dataset_dir: str | Path, split: str, limit: int | None = None) -> list[dict[str, Any]]:
     """One item per patch of ``split``: ``{"image": x file, "index": i, "label": [y], "case": "<split>_<i>"}``.
 
     ``limit`` (optional) keeps the first ``limit`` patches (quick runs on the real 262k-patch training set).
-    A missing split gives an empty list: the workflows validate the data set (``prepare``/``validate``, the first
-    step of ``run``) before any data set is built, so this only happens when a config is inspected without data
-    (e.g. ``ConfigWorkflow.check_properties``).
+    A missing split gives an empty list: the workflows validate the data set first (:func:`training_split`,
+    :func:`evaluation_cases`), so this only happens when a config is inspected without data (e.g.
+    ``ConfigWorkflow.check_properties``).
     """
     path_x, path_y = split_paths(dataset_dir, split)
     if not path_y.is_file():

@@ -28,7 +28,7 @@ from common.explain import overlay as explain_overlay
 from common.inputs import list_input_folder
 from common.io import atomic_path, save_png, write_csv
 from common.validation import run_each
-from scripts.phantom import PATCH
+from scripts.data import PATCH
 from scripts.transforms import tissue_saturation_threshold
 
 logger = logging.getLogger(__name__)

@@ -18,20 +18,13 @@ import numpy as np
 import tifffile
 
 from common.io import atomic_path, save_png
+from scripts.data import PATCH, SPLITS, split_paths
 from scripts.tissue import SITES, TEST_SITE, TRAIN_SITES, Blob, Scene, random_blob, render, sample_nuclei
 
 logger = logging.getLogger(__name__)
 
-PATCH = 96
 CENTRE = slice(32, 64)
 MARGIN = 12  # nuclei centred this far outside a window may still reach into it
-SPLITS = ("train", "valid", "test")
-
-
-def split_paths(dataset_dir: str | Path, split: str) -> tuple[Path, Path]:
-    """The PCam x and y files of ``split`` under ``dataset_dir``."""
-    stem = Path(str(dataset_dir)) / f"camelyonpatch_level_2_split_{split}"
-    return Path(f"{stem}_x.h5"), Path(f"{stem}_y.h5")
 
 
 def patch_scene(rng: np.random.Generator, tumour: bool) -> Scene:
