@@ -157,7 +157,8 @@ def load_images(dataset_dir: str | os.PathLike, split: str, problems: Problems) 
                 problems.add(f"{calc.name} line {line}", reason)
             elif str(full) not in by_image:
                 by_image[str(full)] = {"case": _image_id(row["image file path"]), "patient": row["patient_id"],
-                                       "image": str(full), "masks": [], "labels": [], "where": f"{calc.name} line {line}"}
+                                       "image": str(full), "masks": [], "labels": [],
+                                       "where": f"{calc.name} line {line}"}
     items = []
     for item in by_image.values():
         size = check_dicom(Path(item["image"]), problems, f"{item['where']} ({item['case']})")

@@ -129,7 +129,7 @@ def predict(input_dir: str | os.PathLike, output_dir: str | os.PathLike, network
     finally:
         if done:  # an image without a detection is a valid negative: the table may have a header only
             write_csv(csv_file, rows, fieldnames=DETECTION_COLUMNS)
+    named = f" ({', '.join(negatives[:10])}{', ...' if len(negatives) > 10 else ''})" if negatives else ""
     logger.info("detected %d mass(es) in %d image(s) (score >= %.2f); %d image(s) without detection%s; wrote %s",
-                len(rows), len(items), score_threshold, len(negatives),
-                f" ({', '.join(negatives[:10])}{', ...' if len(negatives) > 10 else ''})" if negatives else "", csv_file)
+                len(rows), len(items), score_threshold, len(negatives), named, csv_file)
     return str(csv_file)

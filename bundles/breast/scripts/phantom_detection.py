@@ -25,8 +25,18 @@ from scipy import ndimage
 
 from common.io import write_csv
 from scripts.dicom import write_dicom
-from scripts.phantom import (CSV_COLUMNS, SCANNERS, SPLITS, _uid, breast_background, calcifications, crop_box, dicom_encoding,
-                             mass_shape, scanner_response)
+from scripts.phantom import (
+    CSV_COLUMNS,
+    SCANNERS,
+    SPLITS,
+    _uid,
+    breast_background,
+    calcifications,
+    crop_box,
+    dicom_encoding,
+    mass_shape,
+    scanner_response,
+)
 
 MASS_COUNT_PROBS = (0.2, 0.4, 0.25, 0.15)  # P(0 masses), P(1), P(2), P(3)
 CALC_COLUMNS = ["patient_id", "breast density", "left or right breast", "image view", "abnormality id",
