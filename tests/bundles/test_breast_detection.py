@@ -241,12 +241,22 @@ def test_inference_without_checkpoint_is_refused_and_writes_nothing(tiny_run, tm
     assert not (tmp_path / "pred" / "detections.csv").exists()
 
 
-def test_torchrun_two_processes_train_a_loadable_detector(tiny_run, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """The tiny.json-sized detection phantom (16 training, 8 test mammograms of 160 x 128), written in-process."""
+    tiny = json.loads((REPO / "bundles" / AREA / "configs" / "tiny.json").read_text())
+    root = tmp_path_factory.mktemp("det_tiny") / "data"
+    mod("phantom_detection").synthesize(root, num_cases=tiny["num_cases"], seed=0,
+                                        image_size=tiny["synthetic_image_size"])
+    return root
+
+
+def test_torchrun_two_processes_train_a_loadable_detector(tiny_data, tmp_path):
     out = tmp_path / "ddp"
     prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29527",
               "-m", "monai.bundle"]
     run_monai_bundle(["run", "--config_file", config_list(AREA, "train_detection", "multi_gpu_train_detection", "tiny"),
-                      "--dataset_dir", tiny_run["data"], "--output_dir", out, "--epochs", 1], prefix=prefix,
+                      "--dataset_dir", tiny_data, "--output_dir", out, "--epochs", 1], prefix=prefix,
                      env={"OMP_NUM_THREADS": "1"})
     assert sorted(p.name for p in (out / "models").iterdir()) == ["checkpoint_epoch=1.pt", "model.json", "model.pt"]
     tiny = json.loads((REPO / "bundles" / AREA / "configs" / "tiny.json").read_text())
