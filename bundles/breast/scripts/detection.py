@@ -23,6 +23,7 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -451,9 +452,16 @@ def case_rows(engine: Any) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------------------------------
 # metrics over image rows
 # ---------------------------------------------------------------------------------------------------------------------
+@lru_cache(maxsize=100_000)
+def _parsed(text: str) -> list:
+    return json.loads(text)
+
+
 def _tables(rows: Sequence[dict]) -> tuple[list[list], list[list[int]]]:
-    dets = [json.loads(r["detections"]) if isinstance(r["detections"], str) else r["detections"] for r in rows]
-    les = [json.loads(r["lesions"]) if isinstance(r["lesions"], str) else r["lesions"] for r in rows]
+    """The detection tables and mass labels of ``rows`` (JSON text parsed once per distinct text: the bootstrap
+    resamples the same rows a thousand times)."""
+    dets = [_parsed(r["detections"]) if isinstance(r["detections"], str) else r["detections"] for r in rows]
+    les = [_parsed(r["lesions"]) if isinstance(r["lesions"], str) else r["lesions"] for r in rows]
     return dets, les
 
 
@@ -474,26 +482,33 @@ def froc_curve(rows: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
         tp_scores += list(best.values())
     if n_masses == 0 or n_images == 0:
         return np.zeros(1), np.zeros(1)
-    tp, fp = np.array(tp_scores), np.array(fp_scores)
+    tp, fp = np.sort(np.array(tp_scores, float)), np.sort(np.array(fp_scores, float))
     thresholds = np.unique(np.concatenate([tp, fp]))[::-1]
-    fps = np.array([0.0] + [(fp >= t).sum() / n_images for t in thresholds])
-    sens = np.array([0.0] + [(tp >= t).sum() / n_masses for t in thresholds])
+    # counts of scores >= each threshold, from the sorted scores
+    fps = np.concatenate([[0.0], (len(fp) - np.searchsorted(fp, thresholds, side="left")) / n_images])
+    sens = np.concatenate([[0.0], (len(tp) - np.searchsorted(tp, thresholds, side="left")) / n_masses])
     return fps, sens
 
 
-def sensitivity_at(rows: Sequence[dict], fp_rate: float) -> float | None:
-    """The highest sensitivity among operating points with at most ``fp_rate`` false positives per image (a step
-    curve: no interpolation between operating points); None without masses."""
+def sensitivities_at(rows: Sequence[dict], fp_rates: Sequence[float]) -> list[float] | None:
+    """For each rate, the highest sensitivity among operating points with at most that many false positives per
+    image (a step curve: no interpolation between operating points); None without masses."""
     if sum(len(v) for v in _tables(rows)[1]) == 0:
         return None
     fps, sens = froc_curve(rows)
-    return float(sens[fps <= fp_rate + 1e-12].max())
+    return [float(sens[fps <= f + 1e-12].max()) for f in fp_rates]
+
+
+def sensitivity_at(rows: Sequence[dict], fp_rate: float) -> float | None:
+    """:func:`sensitivities_at` for one rate."""
+    values = sensitivities_at(rows, [fp_rate])
+    return None if values is None else values[0]
 
 
 def froc(rows: Sequence[dict]) -> float | None:
-    """Mean sensitivity at 0.25, 0.5, 1, 2, 4 and 8 false positives per image (:func:`sensitivity_at`)."""
-    values = [sensitivity_at(rows, f) for f in FP_RATES]
-    return None if values[0] is None else float(np.mean(values))
+    """Mean sensitivity at 0.25, 0.5, 1, 2, 4 and 8 false positives per image (:func:`sensitivities_at`)."""
+    values = sensitivities_at(rows, FP_RATES)
+    return None if values is None else float(np.mean(values))
 
 
 def sensitivity_at_1fp(rows: Sequence[dict]) -> float | None:
