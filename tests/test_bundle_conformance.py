@@ -81,6 +81,29 @@ def test_every_config_parses(area):
 
 
 @pytest.mark.parametrize("area", AREAS)
+def test_every_declared_workflow_parses(area):
+    """Every workflow ``metadata.json`` declares (``common.workflows``; e.g. breast's detection besides its
+    classification), not only the first that the end-to-end run covers: each step's config files read and merge in the
+    declared order, alone and with tiny.json, and define ``run``; a training config's overlay for torchrun
+    (``multi_gpu_<train config>``), where the bundle ships one, merges over it."""
+    from monai.bundle import ConfigParser
+
+    from common.workflows import bundle_workflows
+
+    for flow in bundle_workflows(BUNDLES / area):
+        for step, names in flow.configs.items():
+            for extra in ((), ("tiny.json",)):
+                parser = ConfigParser()
+                parser.read_config([str(BUNDLES / area / "configs" / n) for n in (*names, *extra)])
+                assert "run" in parser, f"{area} {flow.name}: {step} ({'+'.join(names + extra)}) has no 'run'"
+        multi = BUNDLES / area / "configs" / f"multi_gpu_{flow.configs['train'][-1]}"
+        if multi.is_file():
+            parser = ConfigParser()
+            parser.read_config([str(BUNDLES / area / "configs" / n) for n in flow.configs["train"]] + [str(multi)])
+            assert "run" in parser and parser["finalize"], f"{area} {flow.name}: {multi.name} has no process-group end"
+
+
+@pytest.mark.parametrize("area", AREAS)
 def test_metadata_valid_offline(area):
     jsonschema = pytest.importorskip("jsonschema")
     if not SCHEMA.is_file():

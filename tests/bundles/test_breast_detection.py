@@ -1,0 +1,266 @@
+"""Tests of the breast bundle's second workflow: mass detection on full mammograms (issue 20).
+
+Box extraction from ROI masks (several masses, touching masks, empty mask), the mapping of boxes from the detector's
+grid back to the input DICOM's pixels, the FROC / AP50 / AUC computation on a hand-made table, the class merge, bad
+data (mask of another size, mask without foreground, mass-free images as valid negatives), the same network from the
+three configs, and the outputs of one tiny synthesize -> train -> evaluate -> infer run (and torchrun training).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bundle_harness import BUNDLES, REPO, config_list, import_bundle_module, run_monai_bundle
+
+AREA = "breast"
+
+
+def mod(name: str):
+    return import_bundle_module(AREA, name)
+
+
+# --------------------------------------------------------------------------------------------- boxes from masks
+def test_boxes_from_several_and_touching_masks():
+    det = mod("detection")
+    a = np.zeros((20, 30), bool)
+    a[2:6, 3:9] = True  # rows 2..5, cols 3..8
+    b = np.zeros((20, 30), bool)
+    b[6:10, 5:12] = True  # touches a (row 6 below row 5): still its own box
+    c = np.zeros((20, 30), bool)
+    c[12:14, 1:3] = True
+    c[15:18, 20:25] = True  # one abnormality in two pieces: one box around both
+    boxes = det.masks_to_boxes([a, b, c], ["a.dcm", "b.dcm", "c.dcm"])
+    assert boxes.tolist() == [[2, 3, 6, 9], [6, 5, 10, 12], [12, 1, 18, 25]]  # (row0, col0, row1, col1), edges
+    assert det.masks_to_boxes([]).shape == (0, 4)
+    with pytest.raises(ValueError, match=r"empty_mask\.dcm: ROI mask has no foreground"):
+        det.masks_to_boxes([a, np.zeros((20, 30), bool)], ["a.dcm", "empty_mask.dcm"])
+    assert det.mask_foreground(np.array([[0.0, 255.0], [0.0, 0.0]])).tolist() == [[False, True], [False, False]]
+
+
+# --------------------------------------------------------------------------------------------- coordinates
+def test_grid_boxes_map_back_to_input_pixels():
+    det = mod("detection")
+    assert det.grid_shape((512, 384), 0.5) == (256, 192)
+    # grid (row0, col0, row1, col1) = (10, 20, 30, 40) at half size -> input x = cols * 2, y = rows * 2
+    assert det.to_input_boxes(np.array([[10, 20, 30, 40]]), (512, 384), (256, 192)).tolist() == [[40, 20, 80, 60]]
+    # odd sizes: grid (50, 38) of a (101, 77) input; the whole grid is the whole image; outside parts are clipped
+    grid = det.grid_shape((101, 77), 0.5)
+    assert grid == (50, 38)
+    assert det.to_input_boxes(np.array([[0, 0, 50, 38], [-5, -3, 60, 45]]), (101, 77), grid).tolist() == \
+        [[0, 0, 77, 101], [0, 0, 77, 101]]
+    there = det.to_grid_boxes(np.array([[11, 7, 31, 22]]), (101, 77), grid)
+    back = det.to_input_boxes(there, (101, 77), grid)
+    assert np.allclose(back, [[7, 11, 22, 31]], atol=1e-4)  # round trip, in x/y order
+    with pytest.raises(ValueError, match="scale"):
+        det.grid_shape((10, 10), 1.5)
+
+
+# --------------------------------------------------------------------------------------------- metrics
+def _rows():
+    """Three images, three masses (L1 benign and L2 malignant in A, L3 malignant in B), C without a mass.
+
+    A: 0.9 hits L1 (p_mal 0.2), 0.8 FP, 0.7 hits L1 again (duplicate), 0.6 hits L2 (p_mal 0.7);
+    B: 0.5 FP, 0.4 FP (L3 missed); C: 0.3 FP. Columns: score, p_malignant, hit (IoU >= 0.3), hit50 (one-to-one).
+    """
+    return [{"case": "A", "lesions": json.dumps([0, 1]),
+             "detections": json.dumps([[0.9, 0.2, 0, 0], [0.8, 0.5, -1, -1], [0.7, 0.9, 0, -1], [0.6, 0.7, 1, 1]])},
+            {"case": "B", "lesions": json.dumps([1]), "detections": json.dumps([[0.5, 0.5, -1, -1],
+                                                                              [0.4, 0.5, -1, -1]])},
+            {"case": "C", "lesions": json.dumps([]), "detections": json.dumps([[0.3, 0.5, -1, -1]])}]
+
+
+def test_froc_ap50_and_auc_on_a_hand_made_table():
+    det = mod("detection")
+    rows = _rows()
+    fps, sens = det.froc_curve(rows)
+    # thresholds 0.9, 0.8, 0.6, 0.5, 0.4, 0.3 on 3 images and 3 masses; the duplicate hit (0.7) is neither TP nor FP
+    assert np.allclose(fps, [0, 0, 1 / 3, 1 / 3, 2 / 3, 1, 4 / 3])
+    assert np.allclose(sens, [0, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3])
+    # at 0.25 FP/image only (0, 1/3) qualifies -> 1/3; at 0.5 .. 8 -> 2/3: mean (1/3 + 5 * 2/3) / 6 = 11/18
+    assert det.froc(rows) == pytest.approx(11 / 18)
+    assert det.sensitivity_at_1fp(rows) == pytest.approx(2 / 3)
+    # AP50 over 0.9 TP, 0.8 FP, 0.7 FP (L1 taken), 0.6 TP, 0.5/0.4/0.3 FP, 3 masses: 1/3 * 1 + 1/3 * 0.5
+    assert det.ap50(rows) == pytest.approx(0.5)
+    assert det.auc_malignant(rows) == pytest.approx(1.0)  # found: L1 benign p=0.2, L2 malignant p=0.7
+    empty = [{"case": "C", "lesions": "[]", "detections": "[[0.3, 0.5, -1, -1]]"}]
+    assert det.froc(empty) is None and det.ap50(empty) is None
+
+
+def test_image_row_matches_at_iou_03_and_one_to_one_at_05():
+    det = mod("detection")
+    gt = np.array([[0, 0, 10, 10]])
+    found = [{"box": [0, 0, 10, 10], "score": 0.9, "p_malignant": 0.1},
+             {"box": [0, 0, 10, 10], "score": 0.8, "p_malignant": 0.1},  # duplicate: hit, no second AP match
+             {"box": [5, 0, 15, 10], "score": 0.7, "p_malignant": 0.1},  # IoU 50 / 150 = 1/3: a hit, below 0.5
+             {"box": [40, 40, 50, 50], "score": 0.6, "p_malignant": 0.1}]
+    row = det.image_row("x", found, gt, [1])
+    assert [d[2:] for d in json.loads(row["detections"])] == [[0, 0], [0, -1], [0, -1], [-1, -1]]
+    assert (row["num_masses"], row["num_detections"], row["found"]) == (1, 4, 1)
+
+
+def test_classes_merged_into_one_detection_per_mass():
+    det = mod("detection")
+    merged = det.merge_classes(np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]]), np.array([0, 1, 1]),
+                               np.array([0.6, 0.3, 0.4]))
+    assert [(m["label"], m["score"]) for m in merged] == [("benign", 0.6), ("malignant", 0.4)]
+    assert merged[0]["p_malignant"] == pytest.approx(0.3 / 0.9)
+    assert merged[1]["p_malignant"] == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------------------------- data and bad input
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory) -> Path:
+    """A small detection phantom (4 training, 8 test mammograms of 128 x 96), written in-process."""
+    root = tmp_path_factory.mktemp("det_data") / "data"
+    mod("phantom_detection").synthesize(root, num_cases=4, seed=3, image_size=(128, 96))
+    return root
+
+
+def test_phantom_layout_several_masses_and_negatives(small_set):
+    det = mod("detection")
+    items = det.datalist(small_set, "test")
+    assert len(items) == 8
+    counts = [len(i["boxes"]) for i in items]
+    assert max(counts) >= 2 and min(counts) == 0  # several masses in one image; mass-free images are kept
+    negatives = [i for i in items if not i["boxes"]]
+    assert all(i["case"].startswith("Calc-Test_") for i in negatives)
+    for item in items:
+        assert len(item["labels"]) == len(item["boxes"]) and item["input_shape"] == [128, 96]
+        for r0, c0, r1, c1 in item["boxes"]:
+            assert 0 <= r0 < r1 <= 128 and 0 <= c0 < c1 <= 96
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _first_mask(root: Path) -> Path:
+    with open(root / "mass_case_description_test_set.csv", newline="") as f:
+        return root / next(csv.DictReader(f))["ROI mask file path"].strip()
+
+
+def test_empty_mask_and_mask_of_another_size_are_named(small_set, tmp_path):
+    det, dicom = mod("detection"), mod("dicom")
+    from common.validation import DatasetError
+
+    empty = _copy(small_set, tmp_path / "empty")
+    mask = _first_mask(empty)
+    dicom.write_dicom(mask, np.zeros((128, 96)), bits_stored=8, description="ROI mask images")
+    with pytest.raises(DatasetError, match=r"(?s)000001\.dcm.*no foreground"):
+        det.validate(empty, ["test"])
+    other = _copy(small_set, tmp_path / "other")
+    mask = _first_mask(other)
+    dicom.write_dicom(mask, np.full((64, 48), 255.0), bits_stored=8, description="ROI mask images")
+    with pytest.raises(DatasetError, match=r"(?s)000001\.dcm.*\(64, 48\).*differ in size"):
+        det.validate(other, ["test"])
+
+
+def test_box_outside_the_image_is_refused(small_set):
+    det = mod("detection")
+    item = det.datalist(small_set, "test")[0]
+    with pytest.raises(ValueError, match="outside"):
+        det.LoadMammogramd(0.5)({"image": item["image"], "boxes": [[100, 10, 140, 30]], "labels": [1]})
+
+
+def test_three_configs_build_the_same_detector(tmp_path):
+    from monai.bundle import ConfigParser
+
+    mod("detection")
+    built = {}
+    for names in (("train_detection",), ("train_detection", "evaluate_detection"), ("inference_detection",)):
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLES / AREA / "configs" / f"{n}.json") for n in names])
+        parser["ckpt_path"] = str(tmp_path / "elsewhere" / "model.pt")
+        net = parser.get_parsed_content("network_def")
+        built[names] = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    assert len({json.dumps(v, sort_keys=True) for v in built.values()}) == 1
+
+
+# --------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> dict:
+    """synthesize (tiny.json sizes) -> train 1 epoch -> evaluate -> infer, through the bundle commands."""
+    work = tmp_path_factory.mktemp("det_run")
+    data, out, pred = work / "data", work / "out", work / "pred"
+    env = {"OMP_NUM_THREADS": "1"}
+    run_monai_bundle(["run", "--config_file", config_list(AREA, "synthesize_detection", "tiny"),
+                      "--dataset_dir", data], env=env)
+    run_monai_bundle(["run", "--config_file", config_list(AREA, "train_detection", "tiny"), "--dataset_dir", data,
+                      "--output_dir", out], env=env)
+    run_monai_bundle(["run", "--config_file", config_list(AREA, "train_detection", "evaluate_detection", "tiny"),
+                      "--dataset_dir", data, "--output_dir", out], env=env)
+    infer = run_monai_bundle(["run", "--config_file", config_list(AREA, "inference_detection"),
+                              "--input_dir", data, "--output_dir", pred, "--ckpt_path", out / "models" / "model.pt",
+                              "--score_threshold", 0.0], env=env)
+    return {"data": data, "out": out, "pred": pred, "infer": infer}
+
+
+def test_tiny_run_writes_metrics_curve_detections_and_overlays(tiny_run):
+    det = mod("detection")
+    out, pred = tiny_run["out"], tiny_run["pred"]
+    settings = json.loads((out / "models" / "model.json").read_text())
+    assert settings["workflow"] == "detection" and settings["channels"] == [4, 8, 8, 16, 16]  # tiny.json's widths
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["key_metric"] == "froc" and metrics["num_cases"] == 8
+    for key in ("froc", "ap50", "sensitivity_at_1fp"):
+        assert 0.0 <= metrics[key] <= 1.0
+        assert metrics[f"{key}_ci95"][0] <= metrics[key] <= metrics[f"{key}_ci95"][1]
+    assert (out / "froc_curve.png").stat().st_size > 1000
+    with open(pred / "detections.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == ["image", "x_min", "y_min", "x_max", "y_max", "label", "score"]
+    assert rows, "score_threshold 0 keeps every detection"
+    images = {i["case"]: i for i in det.datalist(tiny_run["data"], "test")}
+    for row in rows:
+        h, w = images[row["image"]]["input_shape"]
+        x0, y0, x1, y1 = (float(row[k]) for k in ("x_min", "y_min", "x_max", "y_max"))
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h  # pixels of the input DICOM (160 x 128 in tiny.json)
+        assert row["label"] in ("benign", "malignant") and 0.0 <= float(row["score"]) <= 1.0
+    pngs = sorted(p.name for p in (pred / "predictions").iterdir())
+    assert pngs == sorted(f"{case}_detections.png" for case in images)
+
+
+def test_inference_without_checkpoint_is_refused_and_writes_nothing(tiny_run, tmp_path):
+    proc = run_monai_bundle(["run", "--config_file", config_list(AREA, "inference_detection"),
+                             "--input_dir", tiny_run["data"], "--output_dir", tmp_path / "pred",
+                             "--ckpt_path", tmp_path / "missing.pt"], expect_ok=False)
+    assert proc.returncode != 0
+    last = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()][-1]
+    assert "missing.pt" in last and "does not exist" in last
+    assert not (tmp_path / "pred" / "detections.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """The tiny.json-sized detection phantom (16 training, 8 test mammograms of 160 x 128), written in-process."""
+    tiny = json.loads((REPO / "bundles" / AREA / "configs" / "tiny.json").read_text())
+    root = tmp_path_factory.mktemp("det_tiny") / "data"
+    mod("phantom_detection").synthesize(root, num_cases=tiny["num_cases"], seed=0,
+                                        image_size=tiny["synthetic_image_size"])
+    return root
+
+
+def test_torchrun_two_processes_train_a_loadable_detector(tiny_data, tmp_path):
+    out = tmp_path / "ddp"
+    prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29527",
+              "-m", "monai.bundle"]
+    run_monai_bundle(["run", "--config_file", config_list(AREA, "train_detection", "multi_gpu_train_detection", "tiny"),
+                      "--dataset_dir", tiny_data, "--output_dir", out, "--epochs", 1], prefix=prefix,
+                     env={"OMP_NUM_THREADS": "1"})
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["checkpoint_epoch=1.pt", "model.json", "model.pt"]
+    tiny = json.loads((REPO / "bundles" / AREA / "configs" / "tiny.json").read_text())
+    detector = mod("detection").build_detector(channels=tiny["channels"])
+    detector.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu"))
+    found = mod("detection").detect(detector, [torch.rand(1, 64, 64)])
+    assert isinstance(found, list) and len(found) == 1
