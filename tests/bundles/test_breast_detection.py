@@ -125,7 +125,7 @@ def small_set(tmp_path_factory) -> Path:
 
 def test_phantom_layout_several_masses_and_negatives(small_set):
     det = mod("detection")
-    items = det.datalist(small_set, "test")
+    items = det.evaluation_cases(small_set)
     assert len(items) == 8
     counts = [len(i["boxes"]) for i in items]
     assert max(counts) >= 2 and min(counts) == 0  # several masses in one image; mass-free images are kept
@@ -167,7 +167,7 @@ def test_empty_mask_and_mask_of_another_size_are_named(small_set, tmp_path):
 
 def test_box_outside_the_image_is_refused(small_set):
     det = mod("detection")
-    item = det.datalist(small_set, "test")[0]
+    item = det.evaluation_cases(small_set)[0]
     with pytest.raises(ValueError, match="outside"):
         det.LoadMammogramd(0.5)({"image": item["image"], "boxes": [[100, 10, 140, 30]], "labels": [1]})
 
@@ -221,7 +221,7 @@ def test_tiny_run_writes_metrics_curve_detections_and_overlays(tiny_run):
         rows = list(reader)
     assert reader.fieldnames == ["image", "x_min", "y_min", "x_max", "y_max", "label", "score"]
     assert rows, "score_threshold 0 keeps every detection"
-    images = {i["case"]: i for i in det.datalist(tiny_run["data"], "test")}
+    images = {i["case"]: i for i in det.evaluation_cases(tiny_run["data"])}
     for row in rows:
         h, w = images[row["image"]]["input_shape"]
         x0, y0, x1, y1 = (float(row[k]) for k in ("x_min", "y_min", "x_max", "y_max"))

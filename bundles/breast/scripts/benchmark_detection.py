@@ -90,9 +90,9 @@ def baseline_rows(items: list[dict], scale: float, sigmas: np.ndarray) -> list[d
 def baseline(train_dir: Path, test_dir: Path, scale: float) -> dict:
     """Fit the blob baseline on the training images (scale range from the training boxes; the factor on it with the
     best training FROC) and score it on the held-out test images."""
-    from scripts.detection import ap50, datalist, froc, sensitivity_at_1fp
+    from scripts.detection import ap50, evaluation_cases, froc, sensitivity_at_1fp, training_split
 
-    train, test = datalist(train_dir, "train"), datalist(test_dir, "test")
+    train, test = training_split(train_dir)["train"], evaluation_cases(test_dir)
     sides = np.concatenate([np.sqrt(np.prod(np.diff(np.asarray(i["boxes"]).reshape(-1, 2, 2), axis=1)[:, 0], 1))
                             for i in train if i["boxes"]]) * scale
     low, high = np.percentile(sides, [5, 95]) / (2 * np.sqrt(2))
@@ -112,7 +112,7 @@ def time_inference(test_dir: Path, ckpt: Path, threads: int) -> dict:
     import torch
     from monai.bundle import ConfigParser
 
-    from scripts.detection import datalist, detect
+    from scripts.detection import detect, evaluation_cases
 
     torch.set_num_threads(threads)
     parser = ConfigParser()
@@ -121,7 +121,7 @@ def time_inference(test_dir: Path, ckpt: Path, threads: int) -> dict:
     parser["ckpt_path"] = str(ckpt)
     net, pre = parser.get_parsed_content("network_def"), parser.get_parsed_content("preprocessing")
     net.load_state_dict(torch.load(ckpt, map_location="cpu"))
-    items = datalist(test_dir, "test")
+    items = evaluation_cases(test_dir)
     total, forward = [], []
     for item in items[:3]:
         detect(net, [pre({"image": item["image"]})["image"]])

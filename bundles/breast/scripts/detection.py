@@ -185,38 +185,13 @@ def load_images(dataset_dir: str | os.PathLike, split: str, problems: Problems) 
     return items
 
 
-def datalist(dataset_dir: str | os.PathLike, part: str, val_fraction: float = 0.2, seed: int = 0) -> list[dict]:
-    """Images of ``part``: ``train``/``val`` (seeded split of the train CSVs by patient) or ``test``.
-
-    Raises:
-        common.validation.DatasetError: every problem of the split at once (see :func:`load_images`).
-    """
-    from scripts.data import split_train_val
-
-    if part not in ("train", "val", "test"):
-        raise ValueError(f"part must be 'train', 'val' or 'test', got {part!r}.")
-    problems = Problems(f"CBIS-DDSM mass detection dataset {dataset_dir}")
-    items = load_images(dataset_dir, "test" if part == "test" else "train", problems)
-    problems.raise_if_any()
-    if part == "test":
-        return items
-    for item in items:  # stratify the patient split by "has a malignant mass"
-        item["label"] = int(max(item["labels"], default=0))
-    train, val = split_train_val(items, val_fraction, seed)
-    return train if part == "train" else val
-
-
-def validate(dataset_dir: str | os.PathLike, splits: Sequence[str] = ("train",), output_dir: Any = None,
-             val_fraction: float = 0.2, seed: int = 0) -> None:
-    """Check the data set before any compute (every problem at once); for training write ``splits.json``.
+def validate(dataset_dir: str | os.PathLike, splits: Sequence[str] = ("train",)) -> dict[str, list[dict[str, Any]]]:
+    """Check the data set before any compute (every problem at once) and return the mammograms of each split.
 
     Raises:
         common.validation.DatasetError: missing folder/CSV, unresolvable rows, unreadable DICOM, mask/image size
-            mismatch, empty mask; each names its file.
-        ValueError: the training split leaves no training or no validation patient.
+            mismatch, empty mask, a split without a usable mammogram; each names its file.
     """
-    from common.io import write_json
-
     problems = Problems(f"CBIS-DDSM mass detection dataset {dataset_dir}")
     if not check_dir(str(dataset_dir), problems, "dataset folder", override="--dataset_dir"):
         problems.raise_if_any()
@@ -226,15 +201,65 @@ def validate(dataset_dir: str | os.PathLike, splits: Sequence[str] = ("train",),
         if not items:
             raise DatasetError(str(csv_path(dataset_dir, split)), [(str(csv_path(dataset_dir, split)),
                                                                      "split has no usable mammogram")])
-    if output_dir is not None and "train" in loaded:
-        train, val = datalist(dataset_dir, "train", val_fraction, seed), datalist(dataset_dir, "val", val_fraction,
-                                                                                 seed)
-        if not train or not val:
-            raise ValueError(f"{csv_path(dataset_dir, 'train')}: too few patients for a train/val split "
-                             f"({len(train)} train, {len(val)} val images).")
-        write_json(Path(str(output_dir)) / "splits.json", {"seed": int(seed), "val_fraction": float(val_fraction),
-                                                           "train": [i["case"] for i in train],
-                                                           "val": [i["case"] for i in val]})
+    return loaded
+
+
+def prepare_synthetic(dataset_dir: str | os.PathLike, synthetic_dir: str | os.PathLike, num_cases: int = 120,
+                      seed: int = 0, image_size: Sequence[int] = (512, 384)) -> None:
+    """Write the synthetic detection set into ``dataset_dir`` on first use, only when it is the default
+    ``synthetic_dir`` (:func:`common.synthetic.ensure_synthetic`: one process writes, the others wait)."""
+    from common.synthetic import ensure_synthetic
+    from scripts.phantom_detection import synthesize
+
+    ensure_synthetic(dataset_dir, synthetic_dir, lambda folder: synthesize(
+        folder, num_cases=int(num_cases), seed=int(seed), image_size=tuple(int(v) for v in image_size)))
+
+
+def training_split(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None,
+                   val_fraction: float = 0.2, seed: int = 0, synthetic: dict[str, Any] | None = None
+                   ) -> dict[str, list[dict[str, Any]]]:
+    """The checked ``{"train": [...], "validation": [...]}`` mammograms of the train CSVs for training (the one data
+    preparation form of every bundle, as the classifier's ``scripts.data.training_split``).
+
+    ``synthetic`` (keyword arguments of :func:`prepare_synthetic`) generates the bundle's synthetic detection set
+    first when ``dataset_dir`` is its default location and still empty. The hold-out is seeded, by patient (a
+    patient's CC and MLO views stay together) and stratified by "has a malignant mass"
+    (:func:`common.splits.seeded_split`); the split (image case ids) is written to ``<output_dir>/splits.json`` and
+    read back from there when present (:func:`common.splits.training_split`).
+
+    Raises:
+        common.validation.DatasetError: every problem of the data listed (see :func:`validate`), or a
+            ``splits.json`` that does not match the data (the file named).
+        ValueError: fewer than 2 patients (no training or no validation part).
+    """
+    from common.splits import select
+    from common.splits import training_split as split_cases
+
+    if synthetic:
+        prepare_synthetic(dataset_dir, **synthetic)
+    items = validate(dataset_dir, ("train",))["train"]
+    try:
+        ids = split_cases(output_dir, [i["case"] for i in items], val_fraction, seed,
+                          groups={i["case"]: i["patient"] for i in items},
+                          strata={i["case"]: int(max(i["labels"], default=0)) for i in items},
+                          dataset_dir=dataset_dir, group_by="patient")
+    except ValueError as e:
+        if isinstance(e, DatasetError):
+            raise
+        raise ValueError(f"{csv_path(dataset_dir, 'train')}: too few patients for a train/val split: {e}") from None
+    return {"train": select(items, ids["train"]), "validation": select(items, ids["validation"])}
+
+
+def evaluation_cases(dataset_dir: str | os.PathLike, synthetic: dict[str, Any] | None = None
+                     ) -> list[dict[str, Any]]:
+    """The checked mammograms of the test CSVs (evaluation); ``synthetic`` as in :func:`training_split`.
+
+    Raises:
+        common.validation.DatasetError: every problem of the test split listed (see :func:`validate`).
+    """
+    if synthetic:
+        prepare_synthetic(dataset_dir, **synthetic)
+    return validate(dataset_dir, ("test",))["test"]
 
 
 class LoadMammogramd:
