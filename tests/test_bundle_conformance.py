@@ -366,13 +366,17 @@ def test_network_matches_metadata_and_printed_export_works(pipeline):
     from_root = [c for c in commands if f"bundles/{area}/configs/" in c]
     from_bundle = [c for c in commands if "bundles/" not in c and " configs/" in c]
     assert from_root and from_bundle, f"{area}: the model card must print the export command for both places"
-    for i, (command, cwd) in enumerate([(from_root[0], REPO), (from_bundle[0], copy)]):
-        ts_path = exports / f"model_{i}.ts"
-        run_monai_bundle(with_paths(command, ts_path, exports / "seeded.pt"), cwd=cwd)
-        with torch.no_grad():
-            exported = torch.jit.load(str(ts_path), map_location="cpu").eval()(x)
-        err = (exported - eager).abs().max().item()
-        assert err < 1e-4, f"{area}: TorchScript from {cwd} differs from the eager network by {err}"
+    # The two printed commands differ only by the bundle prefix of their config paths (checked here), so one export
+    # run (~10 s) covers both; the one from inside the copy also proves the copy needs nothing from the repository.
+    ts_path = exports / "model.ts"
+    in_copy = with_paths(from_bundle[0], ts_path, exports / "seeded.pt")
+    assert [a.replace(f"bundles/{area}/", "") for a in with_paths(from_root[0], ts_path, exports / "seeded.pt")] \
+        == in_copy, f"{area}: the export commands for the repository root and the bundle folder differ"
+    run_monai_bundle(in_copy, cwd=copy)
+    with torch.no_grad():
+        exported = torch.jit.load(str(ts_path), map_location="cpu").eval()(x)
+    err = (exported - eager).abs().max().item()
+    assert err < 1e-4, f"{area}: TorchScript from {copy} differs from the eager network by {err}"
 
 
 def test_no_personal_paths_or_device_pinning():
