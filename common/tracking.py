@@ -6,7 +6,7 @@ params ``max_epochs``/``epoch_length``, the per-iteration ``train_loss``, the va
 names, and - only when ``output_dir`` is *not* given on the command line - the executed config (with
 ``--output_dir O`` the artifact path becomes the literal string ``"O + '/config_<time>.json'"`` and is silently
 skipped). Its run name is ``run_<time>``, and its validator handler attaches to the *oldest* unfinished run of the
-experiment.
+experiment. The work-arounds for those two MONAI bugs live in ``common.monai_workarounds``.
 
 :class:`MLflowRunRecorder` is attached by every bundle next to MONAI's handler. It never opens a run of its own: at
 ``STARTED`` it looks for the ``MLFlowHandler`` registered on the same engine and, when there is none (tracking off) or
@@ -39,11 +39,16 @@ from typing import Any
 from ignite.engine import Engine, Events
 
 from common.distributed import is_rank0
+from common.monai_workarounds import (
+    executed_config_path,
+    monai_logs_itself,
+    process_start_time,
+    share_run_with_validator,
+)
 
 logger = logging.getLogger(__name__)
 
 MAX_PARAM_LENGTH = 6000  # mlflow's limit for a param value
-_BROKEN_CONFIG_PATH = re.compile(r"^(?P<dir>.*) \+ '/(?P<name>config_\d{8}_\d{6}\.json)'$")
 _CONFIG_NAME = re.compile(r"([\w.-]+?)\.(?:json|yaml|yml)\b")
 
 
@@ -155,51 +160,6 @@ def _loss_of(output: Any) -> float | None:
     if isinstance(output, Mapping):
         output = output.get("loss")
     return metric_value(output)
-
-
-def executed_config_path(mlflow_handler: Any, output_dir: str | os.PathLike | None, since: float | None = None
-                         ) -> Path | None:
-    """The ``config_<time>.json`` MONAI wrote for this run.
-
-    MONAI passes it to its handler as ``artifacts``: a real path when ``output_dir`` is the config's expression, the
-    broken string ``"<dir> + '/config_<time>.json'"`` when ``output_dir`` came from the command line (the case MONAI
-    drops). Falls back to the newest ``config_*.json`` in ``output_dir`` (written after ``since``, if given).
-    """
-    for entry in getattr(mlflow_handler, "artifacts", ()) or ():
-        if not entry:
-            continue
-        entry = str(entry)
-        if os.path.isfile(entry) and Path(entry).name.startswith("config"):
-            return Path(entry)
-        match = _BROKEN_CONFIG_PATH.match(entry)
-        if match and (Path(match.group("dir")) / match.group("name")).is_file():
-            return Path(match.group("dir")) / match.group("name")
-    if output_dir is not None and Path(str(output_dir)).is_dir():
-        found = sorted(Path(str(output_dir)).glob("config_*.json"), key=lambda p: p.stat().st_mtime)
-        found = [p for p in found if since is None or p.stat().st_mtime >= since]
-        if found:
-            return found[-1]
-    return None
-
-
-def _monai_logs_itself(mlflow_handler: Any, path: Path) -> bool:
-    """True when MONAI's handler will log ``path`` at COMPLETED (its ``artifacts`` entry is that existing file)."""
-    for entry in getattr(mlflow_handler, "artifacts", ()) or ():
-        if entry and os.path.isfile(str(entry)) and Path(str(entry)).resolve() == path.resolve():
-            return True
-    return False
-
-
-def _process_start_time() -> float:
-    """Wall-clock time this process started (Linux ``/proc``; else now), to tell this run's files from older ones."""
-    try:
-        with open("/proc/self/stat", encoding="ascii") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime", encoding="ascii") as f:
-            uptime = float(f.read().split()[0])
-        return time.time() - uptime + start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return time.time()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -328,10 +288,7 @@ class MLflowRunRecorder:
 
     def _hook_validator(self, mlf: Any) -> None:
         """Make the validator's MONAI handler log into this run, and log its metrics with ``val_`` prefix."""
-        vmlf = find_mlflow_handler(self.validator)
-        if vmlf is not None and vmlf.cur_run is None:
-            vmlf.run_name = mlf.cur_run.info.run_name
-            vmlf.experiment, vmlf.cur_run = mlf.experiment, mlf.cur_run
+        share_run_with_validator(mlf, find_mlflow_handler(self.validator))
         if not self.validator.has_event_handler(self.validation_completed, Events.EPOCH_COMPLETED):
             self.validator.add_event_handler(Events.EPOCH_COMPLETED, self.validation_completed)
 
@@ -381,8 +338,8 @@ class MLflowRunRecorder:
         since = self.started_at - 1.0
         found: list[tuple[Path, str | None]] = []
         config = self.executed_config if self.executed_config and self.executed_config.is_file() else \
-            executed_config_path(self.mlflow_handler, self.output_dir, since=_process_start_time() - 1.0)
-        if config is not None and not _monai_logs_itself(self.mlflow_handler, config):
+            executed_config_path(self.mlflow_handler, self.output_dir, since=process_start_time() - 1.0)
+        if config is not None and not monai_logs_itself(self.mlflow_handler, config):
             found.append((config, None))
         if self.metadata_file is not None and self.metadata_file.is_file():
             found.append((self.metadata_file, None))

@@ -7,7 +7,17 @@ subprocesses through ``run_bundle``.
 
 from __future__ import annotations
 
-import pytest
+import os
+import pickle
+
+# Under pytest-xdist (``-n auto``, the README's test command) every worker and every subprocess it starts gets an
+# equal share of the cores: two workers each running a 2-thread torch on 2 cores are slower than one.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+import pytest  # noqa: E402
+from filelock import FileLock  # noqa: E402
 
 from bundle_harness import build_tiny_pipeline, import_bundle_module, run_monai_bundle
 
@@ -27,12 +37,26 @@ def run_bundle():
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
     """``tiny_pipeline(area)``: one tiny synthesize -> train -> evaluate -> infer run per bundle, made on first use
-    and shared by every test module of the session (see ``bundle_harness.build_tiny_pipeline``; read-only)."""
+    and shared by every test module of the session (see ``bundle_harness.build_tiny_pipeline``; read-only).
+
+    Under pytest-xdist the run is shared by all workers too: the first worker to ask builds it under a file lock in
+    the session's common temporary folder and leaves its description beside it; the others wait and read it."""
     made: dict = {}
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # <basetemp>/popen-gw0 -> <basetemp>, common to every worker of this session
 
     def get(area: str) -> dict:
         if area not in made:
-            made[area] = build_tiny_pipeline(area, tmp_path_factory.mktemp(f"{area}_pipeline"))
+            description = shared / f"{area}_pipeline.pickle"
+            with FileLock(str(shared / f"{area}_pipeline.lock")):
+                if description.is_file():
+                    made[area] = pickle.loads(description.read_bytes())
+                else:
+                    work = shared / f"{area}_pipeline"
+                    work.mkdir()
+                    made[area] = build_tiny_pipeline(area, work)
+                    description.write_bytes(pickle.dumps(made[area]))
         return made[area]
 
     return get

@@ -1,4 +1,4 @@
-"""Resume after SIGKILL, for one 2D bundle (eye) and one 3D bundle (brain).
+"""Resume after SIGKILL, for one 2D bundle (eye; in CI) and one 3D bundle (brain; ``pytest -m slow``).
 
 A tiny training of 3 epochs is killed with SIGKILL as soon as the checkpoint of epoch 1 is on disk (so during
 epoch 2); the checkpoint written before the kill must still load, and ``--resume true`` must finish the 3 epochs.
@@ -22,7 +22,8 @@ AREAS = [a for a in ("eye", "brain") if (BUNDLES / a / "configs" / "tiny.json").
 pytestmark = pytest.mark.skipif(not AREAS, reason="neither the eye nor the brain bundle is present")
 
 
-@pytest.fixture(scope="module", params=AREAS)
+@pytest.fixture(scope="module", params=[pytest.param(a, marks=[pytest.mark.slow] if a != AREAS[0] else [])
+                                        for a in AREAS])  # the mechanism is common.checkpoint's: one bundle in CI
 def dataset(request, tmp_path_factory):
     area = request.param
     data = tmp_path_factory.mktemp(f"{area}_resume") / "data"

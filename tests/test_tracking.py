@@ -225,7 +225,7 @@ def test_config_names_and_run_name():
 
 
 def test_executed_config_found_from_monai_broken_artifact_path(tmp_path):
-    from common.tracking import executed_config_path
+    from common.monai_workarounds import executed_config_path
 
     config = tmp_path / "config_20250101_120000.json"
     config.write_text("{}")

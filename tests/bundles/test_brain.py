@@ -7,9 +7,7 @@ and one tiny trained checkpoint are shared by the module.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -464,31 +462,6 @@ def test_quirky_header_gives_the_same_input_prediction_and_metrics(mods, tiny_da
         (rows[name],) = mods["metrics"].CaseRows()(engine)
     assert rows["clean"] == rows["quirky"]
     assert rows["quirky"]["hd95_wt"] == pytest.approx(7.0)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# distributed: two CPU processes (gloo); the checkpoint loads into the single-process network
-# ---------------------------------------------------------------------------------------------------------------------
-def test_torchrun_two_processes(tiny_data, tmp_path):
-    """Issue 13 kind 7: 4 cases with val_fraction 0.25 leave 1 validation case for 2 processes (MONAI's
-    DistributedSampler stopped there); every process validates it and training finishes."""
-    out = tmp_path / "ddp"
-    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-              "monai.bundle"]
-    proc = run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "multi_gpu_train", "tiny"),
-                             "--dataset_dir", tiny_data, "--output_dir", out, "--epochs", 1, "--val_fraction", 0.25,
-                             "--val_interval", 2],  # above --epochs: validated after the last epoch all the same
-                            prefix=prefix, env={"OMP_NUM_THREADS": "1"})
-    assert len(json.loads((out / "splits.json").read_text())["validation"]) == 1
-    assert "validation split has 1 case(s) for 2 processes" in proc.stdout + proc.stderr
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(REPO / "bundles" / AREA / "configs" / n) for n in ("inference.json", "tiny.json")])
-    net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu"))
-    assert [p.name for p in (out / "models").iterdir() if p.name.startswith("checkpoint_")] == ["checkpoint_epoch=1.pt"]
-    assert os.path.isfile(out / "splits.json")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -705,23 +704,6 @@ def test_evaluate_without_checkpoint_fails_clearly(tiny_data, tmp_path):
     assert proc.returncode != 0
     assert f"checkpoint {out}/models/model.pt does not exist: train first" in proc.stdout + proc.stderr
     assert not (out / "metrics.json").exists()
-
-
-def test_torchrun_two_processes_checkpoint_loads_single_process(tiny_data, tmp_path):
-    out = tmp_path / "ddp"
-    prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-              "-m", "monai.bundle"]
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "multi_gpu_train", "tiny"),
-                      "--dataset_dir", tiny_data, "--output_dir", out, "--epochs", 1], prefix=prefix,
-                     env={"OMP_NUM_THREADS": "1"})
-    assert sorted(p.name for p in (out / "models").iterdir()) == ["checkpoint_epoch=1.pt", "model.json", "model.pt"]
-    settings = json.loads((out / "models" / "model.json").read_text())  # rank 0 calibrated on the whole val split
-    assert settings["temperature"] > 0 and settings["threshold_rule"] in ("youden", "fixed")
-    tiny = json.loads((REPO / "bundles" / AREA / "configs" / "tiny.json").read_text())
-    net = mod("networks").HadushCNN(channels=tiny["channels"], hidden=tiny["hidden"])
-    net.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu"))
-    net.eval()
-    assert net(torch.rand(1, 1, 32, 32)).shape == (1, 2)
 
 
 # --------------------------------------------------------------------------------------------- transfer (issue 16)

@@ -253,7 +253,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 def test_torchrun_two_processes_train_a_loadable_detector(tiny_data, tmp_path):
     out = tmp_path / "ddp"
-    prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29527",
+    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
               "-m", "monai.bundle"]
     run_monai_bundle(["run", "--config_file", config_list(AREA, "train_detection", "multi_gpu_train_detection", "tiny"),
                       "--dataset_dir", tiny_data, "--output_dir", out, "--epochs", 1], prefix=prefix,

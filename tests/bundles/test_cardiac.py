@@ -12,13 +12,11 @@ import gzip
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from bundle_harness import (
     REPO,
@@ -447,20 +445,3 @@ def test_quirky_header_gives_the_same_masks_clinical_csv_and_metric_input(tiny_d
     np.testing.assert_allclose(b["label"].pixdim.numpy(), np.linalg.norm(affine[:3, :3], axis=0), rtol=1e-6)
 
 
-# ----------------------------------------------------------------------------------------------------------- multi-GPU
-def test_torchrun_two_processes_checkpoint_loads(tiny_dir, tmp_path, bundle_module):
-    out = tmp_path / "ddp"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
-                "-m", "monai.bundle"]
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "multi_gpu_train", "tiny"), "--dataset_dir",
-                      tiny_dir, "--output_dir", out, "--epochs", 1], prefix=torchrun,
-                     env=ENV)
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "tiny.json")])
-    net = parser.get_parsed_content("network_def")
-    state = torch.load(out / "models" / "model.pt", map_location="cpu")
-    assert not [k for k in state if k.startswith("module.")]
-    net.load_state_dict(state)
-    assert any(p.name.startswith("checkpoint_epoch=") for p in (out / "models").iterdir())

@@ -403,17 +403,6 @@ def test_evaluate_missing_checkpoint_is_clear(tmp_path):
         require_checkpoint(str(tmp_path / "models" / "model.pt"))
 
 
-def test_torchrun_two_processes(run_bundle, tiny_dir, tmp_path):
-    out = tmp_path / "ddp"
-    run_bundle(["run", "--config_file", config_list(AREA, "train", "multi_gpu_train", "tiny"), "--dataset_dir",
-                tiny_dir, "--output_dir", out],
-               prefix=[sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle"])
-    state = torch.load(out / "models" / "model.pt", map_location="cpu")
-    net = _tiny_network()
-    net.load_state_dict(state)  # no "module." prefix: loads into the single-process network
-    assert net(torch.rand(1, 3, 64, 64)).shape == (1, 1, 64, 64)
-
-
 # ----------------------------------------------------------------------------------------------------------- configs
 def test_metadata_valid_and_tiny_ids_harmless():
     meta = json.loads((CONFIGS / "metadata.json").read_text())
