@@ -427,7 +427,8 @@ def test_inference_outputs(pipeline):
 
 def test_torchrun_two_processes_leave_a_model_one_process_loads(pipeline, tmp_path):
     """``multi_gpu_train.json`` over the first workflow's training configs under ``torchrun`` with 2 processes (gloo
-    on CPU), from inside the copy: one validation after the last epoch whatever ``val_interval`` is, one
+    on CPU), from inside the copy, fine-tuning the shared tiny model with the ``encoder`` preset frozen (issue 16's
+    ids under DDP): one validation after the last epoch whatever ``val_interval`` is, one
     ``model.pt`` without DDP's ``module.`` prefix that the single-process inference network loads strictly, the
     training settings beside it; a validation split smaller than the number of processes is said, not a hang."""
     from common.workflows import bundle_workflows
@@ -438,16 +439,19 @@ def test_torchrun_two_processes_leave_a_model_one_process_loads(pipeline, tmp_pa
     out = tmp_path / "ddp"
     ids = set().union(*(json.loads((copy / "configs" / n).read_text()) for n in flow.configs["train"]))
     fewer = ["--val_fraction", 0.25] if "val_fraction" in ids else []  # 4 tiny cases: 1 validation case, 2 ranks
+    pretrained = pipeline["out"] / "models" / "model.pt"  # issue 16: fine-tuning with a frozen encoder, under DDP
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
                 "monai.bundle"]  # --standalone: a free port, so parallel test workers never collide
     proc = run_monai_bundle(["run", "--config_file", "[" + ",".join(f"'configs/{n}'" for n in names) + "]",
                              "--dataset_dir", "data/synthetic", "--output_dir", out, "--epochs", 1,
-                             "--val_interval", 2, *fewer], cwd=copy, prefix=torchrun, env={"OMP_NUM_THREADS": "1"})
+                             "--val_interval", 2, *fewer, "--pretrained_ckpt", pretrained, "--freeze", "encoder"],
+                            cwd=copy, prefix=torchrun, env={"OMP_NUM_THREADS": "1"})
     models = out / "models"
     assert {"model.pt", "model.json"} <= {p.name for p in models.iterdir()}, sorted(models.iterdir())
     recorded = json.loads((models / "model.json").read_text())
     single = json.loads((pipeline["out"] / "models" / "model.json").read_text())
     assert set(single) <= set(recorded), f"{area}: rank 0 recorded less than one process: {set(single) - set(recorded)}"
+    assert recorded["pretrained_ckpt"] == str(pretrained) and recorded["freeze"] in ("encoder", ["encoder"]), recorded
     state = torch.load(models / "model.pt", map_location="cpu")
     assert not [k for k in state if k.startswith("module.")], f"{area}: DDP's module. prefix saved"
     with bundle_in_process(copy):
