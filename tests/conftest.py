@@ -48,14 +48,21 @@ def tiny_pipeline(tmp_path_factory):
 
     def get(area: str) -> dict:
         if area not in made:
-            description = shared / f"{area}_pipeline.pickle"
+            description, failed = shared / f"{area}_pipeline.pickle", shared / f"{area}_pipeline.failed"
             with FileLock(str(shared / f"{area}_pipeline.lock")):
+                if failed.is_file():  # built once and failed: every later test says why, at no cost
+                    pytest.fail(f"the shared tiny {area} pipeline failed earlier in this session:\n"
+                                f"{failed.read_text()}", pytrace=False)
                 if description.is_file():
                     made[area] = pickle.loads(description.read_bytes())
                 else:
                     work = shared / f"{area}_pipeline"
                     work.mkdir()
-                    made[area] = build_tiny_pipeline(area, work)
+                    try:
+                        made[area] = build_tiny_pipeline(area, work)
+                    except BaseException as e:
+                        failed.write_text(str(e)[-8000:] or type(e).__name__)
+                        raise
                     description.write_bytes(pickle.dumps(made[area]))
         return made[area]
 
