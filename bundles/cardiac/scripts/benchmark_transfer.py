@@ -69,7 +69,7 @@ def make_patients(n: int, seed: int, scanner: str, image_size: int) -> list[tupl
             lo, hi = np.percentile(image, [1, 99])
             images.append(np.clip((image.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0.0, 1.0))
             labels.append(label)
-        x = np.concatenate(images, axis=-1).transpose(2, 0, 1)[:, None]
+        x = np.concatenate(images, axis=-1).transpose(2, 0, 1)[:, None].astype(np.float32)
         y = np.concatenate(labels, axis=-1).transpose(2, 0, 1)[:, None]
         patients.append((torch.as_tensor(x), torch.as_tensor(y.astype(np.int64))))
     return patients
@@ -112,10 +112,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--test_cases", type=int, default=12)
     parser.add_argument("--sizes", default="2,5,10,20")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--source_steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--source_steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--image_size", type=int, default=64)
+    parser.add_argument("--image_size", type=int, default=48)
     parser.add_argument("--channels", default="8,16,32")
     parser.add_argument("--source_scanner", default="A")
     parser.add_argument("--target_scanner", default="B")
