@@ -152,8 +152,8 @@ def curve_record(settings: Mapping[str, Any], reference: Mapping[str, float], re
 
 def plot_curve(results: dict, path: str | Path, key: str, xlabel: str, ylabel: str, title: str,
                reference: float | None = None, reference_label: str = "source model, no tuning") -> str:
-    """One line per arm (mean over seeds against N, log x axis) with its 95 % CI band, an optional horizontal
-    reference line, written as PNG through ``common.io.save_figure``.
+    """One line per arm (mean over seeds against N, log x axis ticked at the N measured) with its 95 % CI band, an
+    optional horizontal reference line, written as PNG through ``common.io.save_figure``.
 
     Returns:
         ``path`` as a string.
@@ -162,6 +162,7 @@ def plot_curve(results: dict, path: str | Path, key: str, xlabel: str, ylabel: s
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for arm, by_n in results.items():
@@ -172,6 +173,10 @@ def plot_curve(results: dict, path: str | Path, key: str, xlabel: str, ylabel: s
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle="--", label=reference_label)
     ax.set_xscale("log")
+    ns = sorted({int(n) for by_n in results.values() for n in by_n})
+    ax.set_xticks(ns)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
