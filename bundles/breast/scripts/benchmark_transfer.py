@@ -43,7 +43,8 @@ for path in (str(REPO), str(BUNDLE)):
         sys.path.insert(0, path)
 
 from common.io import write_json  # noqa: E402
-from common.transfer import param_groups, prepare  # noqa: E402
+from common.transfer import prepare  # noqa: E402
+from common.transfer_curve import auc_metric, curve_record, plot_curve, run_curve, train_steps  # noqa: E402
 from scripts.networks import FREEZE_PRESETS, HadushCNN  # noqa: E402
 from scripts.phantom import render_case  # noqa: E402
 from scripts.transforms import crop_box  # noqa: E402
@@ -73,23 +74,11 @@ def make_set(n: int, seed: int, scanner: str, image_size: int, shape=(160, 128),
 
 
 def train(net, x, y, steps: int, lr: float, seed: int, batch: int = 32, pretrained_lr_scale: float = 1.0):
-    """``steps`` AdamW steps on batches drawn with replacement (random flips); class-balanced cross-entropy."""
-    g = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(param_groups(net, lr, pretrained_lr_scale), lr=lr, weight_decay=1e-4)
+    """``steps`` AdamW steps on batches drawn with replacement (random flips); class-balanced cross-entropy
+    (``common.transfer_curve.train_steps``)."""
     counts = torch.bincount(y, minlength=2).float().clamp(min=1)
     loss_fn = torch.nn.CrossEntropyLoss(weight=counts.sum() / (2 * counts))
-    net.train()
-    for _ in range(steps):
-        idx = torch.randint(len(x), (min(batch, len(x)),), generator=g)
-        xb = x[idx]
-        if torch.rand(1, generator=g) < 0.5:
-            xb = xb.flip(-1)
-        if torch.rand(1, generator=g) < 0.5:
-            xb = xb.flip(-2)
-        optimizer.zero_grad()
-        loss_fn(net(xb), y[idx]).backward()
-        optimizer.step()
-    return net
+    return train_steps(net, x, y, loss_fn, steps, lr, seed, batch=batch, pretrained_lr_scale=pretrained_lr_scale)
 
 
 @torch.no_grad()
@@ -102,21 +91,6 @@ def scores(net, x) -> np.ndarray:
 def pooled_features(net, x) -> np.ndarray:
     net.eval()
     return net.features(x).mean(dim=(2, 3)).numpy()
-
-
-def bootstrap_ci(y: np.ndarray, per_seed: list[np.ndarray], n_resamples: int, seed: int = 0):
-    """Mean AUC over seeds and its 95 % bootstrap CI (test cases resampled jointly for every seed)."""
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(seed)
-    point = float(np.mean([roc_auc_score(y, s) for s in per_seed]))
-    values = []
-    for _ in range(n_resamples):
-        idx = rng.integers(0, len(y), len(y))
-        if len(np.unique(y[idx])) < 2:
-            continue
-        values.append(np.mean([roc_auc_score(y[idx], s[idx]) for s in per_seed]))
-    return point, float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -163,60 +137,48 @@ def main(argv: list[str] | None = None) -> dict:
     reference = {"source_auc_on_source_test": float(roc_auc_score(ys_test.numpy(), scores(source, xs_test))),
                  "source_auc_on_target_test": float(roc_auc_score(yt.numpy(), scores(source, xt)))}
     y_test = yt.numpy()
-    results = {arm: {} for arm in ARMS}
-    for n in sizes:
+
+    def scratch(n, seed):
+        return scores(train(network(100 + seed), pool_x[:n], pool_y[:n], args.steps, args.lr, seed), xt)
+
+    def finetune_all(n, seed):
+        net = prepare(network(100 + seed), source_ckpt)
+        return scores(train(net, pool_x[:n], pool_y[:n], args.steps, args.lr, seed), xt)
+
+    def frozen_encoder(n, seed):
+        net = prepare(network(100 + seed), source_ckpt, ["encoder"], FREEZE_PRESETS)
+        return scores(train(net, pool_x[:n], pool_y[:n], args.steps, args.lr, seed), xt)
+
+    def features_logreg(n, seed):
         x_n, y_n = pool_x[:n], pool_y[:n]
-        per_arm = {arm: [] for arm in ARMS}
-        for seed in range(args.seeds):
-            per_arm["scratch"].append(scores(train(network(100 + seed), x_n, y_n, args.steps, args.lr, seed), xt))
-            net = prepare(network(100 + seed), source_ckpt)
-            per_arm["finetune_all"].append(scores(train(net, x_n, y_n, args.steps, args.lr, seed), xt))
-            net = prepare(network(100 + seed), source_ckpt, ["encoder"], FREEZE_PRESETS)
-            per_arm["frozen_encoder"].append(scores(train(net, x_n, y_n, args.steps, args.lr, seed), xt))
-            scaler = StandardScaler().fit(pooled_features(source, x_n))
-            clf = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced", random_state=seed)
-            clf.fit(scaler.transform(pooled_features(source, x_n)), y_n.numpy())
-            per_arm["features_logreg"].append(clf.predict_proba(scaler.transform(pooled_features(source, xt)))[:, 1])
-        for arm in ARMS:
-            auc, low, high = bootstrap_ci(y_test, per_arm[arm], args.n_resamples)
-            results[arm][n] = {"auc": auc, "ci95": [low, high],
-                               "auc_per_seed": [float(roc_auc_score(y_test, s)) for s in per_arm[arm]]}
-        print(f"N={n}: " + ", ".join(f"{a} {results[a][n]['auc']:.3f}" for a in ARMS), flush=True)
-        out = {"settings": vars(args), "reference": reference, "results": results,
-               "seconds": {"generate": generated, "total": time.perf_counter() - start},
-               "target_test_malignant": int(y_test.sum()), "target_test_cases": len(y_test)}
-        write_json(work / "transfer_curve.json", out)  # after every N: a stopped run keeps what it measured
+        scaler = StandardScaler().fit(pooled_features(source, x_n))
+        clf = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced", random_state=seed)
+        clf.fit(scaler.transform(pooled_features(source, x_n)), y_n.numpy())
+        return clf.predict_proba(scaler.transform(pooled_features(source, xt)))[:, 1]
+
+    arms = dict(zip(ARMS, (scratch, finetune_all, frozen_encoder, features_logreg)))
+    out: dict = {}
+
+    def record(results):  # after every N: a stopped run keeps what it measured
+        out.update(curve_record(vars(args), reference, results,
+                                {"generate": generated, "total": time.perf_counter() - start},
+                                target_test_malignant=int(y_test.sum()), target_test_cases=len(y_test)))
+        write_json(work / "transfer_curve.json", out)
+
+    results = run_curve(sizes, args.seeds, arms, y_test, auc_metric, args.n_resamples,
+                        log=lambda line: print(line, flush=True), after_size=record)
     plot(results, reference, args, Path(args.plot))
     print(json.dumps(reference), f"total {out['seconds']['total']:.0f} s", flush=True)
     return out
 
 
 def plot(results: dict, reference: dict, args, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from common.io import save_figure
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for arm in ARMS:
-        ns = sorted(results[arm])
-        auc = [results[arm][n]["auc"] for n in ns]
-        low = [results[arm][n]["ci95"][0] for n in ns]
-        high = [results[arm][n]["ci95"][1] for n in ns]
-        ax.plot(ns, auc, marker="o", label=arm)
-        ax.fill_between(ns, low, high, alpha=0.15)
-    ax.axhline(reference["source_auc_on_target_test"], color="grey", linestyle="--", label="source model, no tuning")
-    ax.set_xscale("log")
-    ax.set_xlabel(f"labelled target-site cases (scanner {args.target_scanner})")
-    ax.set_ylabel(f"ROC AUC, held-out target ({args.test_cases} cases)")
-    ax.set_title(f"breast phantom: source scanner {args.source_scanner} ({args.source_cases}) -> "
-                 f"{args.target_scanner}; mean of {args.seeds} seeds, 95% CI", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_figure(fig, path, dpi=110)
+    """The curve as PNG (``common.transfer_curve.plot_curve``)."""
+    plot_curve(results, path, "auc", f"labelled target-site cases (scanner {args.target_scanner})",
+               f"ROC AUC, held-out target ({args.test_cases} cases)",
+               f"breast phantom: source scanner {args.source_scanner} ({args.source_cases}) -> "
+               f"{args.target_scanner}; mean of {args.seeds} seeds, 95% CI",
+               reference=reference["source_auc_on_target_test"])
 
 
 if __name__ == "__main__":
