@@ -354,7 +354,7 @@ def test_bad_inference_input_is_named_and_others_still_predicted(case, tmp_path,
         bad = inp / "odd_x.h5"
         _write_h5(bad, "images", np.zeros((2, 96, 96, 3), np.uint8))
     with pytest.raises(BatchFailure) as err:
-        _predict(inp, tmp_path / "out", trained)
+        _predict(inp, tmp_path / "out", trained / "models" / "model.pt")
     assert str(bad) in str(err.value) and "1 input(s) failed" in str(err.value)
     with open(tmp_path / "out" / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))

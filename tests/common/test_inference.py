@@ -8,8 +8,17 @@ from monai.data import DataLoader
 from monai.inferers import SimpleInferer
 
 from common.checkpoint import CheckpointError
-from common.inference import (FAILED, FAILURE, PART, PARTS, SOURCE, CaseWriter, InferenceEvaluator, InputCases,
-                              collate_cases)
+from common.inference import (
+    FAILED,
+    FAILURE,
+    PART,
+    PARTS,
+    SOURCE,
+    CaseWriter,
+    InferenceEvaluator,
+    InputCases,
+    collate_cases,
+)
 from common.validation import BatchFailure
 
 

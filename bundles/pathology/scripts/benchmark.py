@@ -209,6 +209,7 @@ def gradcam_of(ckpt_path: str | Path, device: str = "cpu"):
     ``explain_layer`` (``common.explain.GradCam``, MONAI's ``GradCAM``)."""
     import torch
     from monai.bundle import ConfigParser
+    from monai.transforms import Compose
 
     sys.path.insert(0, str(BUNDLE))
     from common.checkpoint import load_network_weights
@@ -221,9 +222,9 @@ def gradcam_of(ckpt_path: str | Path, device: str = "cpu"):
     net = parser.get_parsed_content("network_def")
     load_network_weights(net, str(ckpt_path))
     net = net.to(device).eval()
-    pre = parser.get_parsed_content("preprocessing")
+    pre = Compose(parser.get_parsed_content("preprocessing").transforms[1:])  # what follows LoadInputPatchd
     cam = GradCam(net, parser.get_parsed_content("explain_layer"), class_idx=0)
-    return lambda patches: cam(torch.stack([torch.as_tensor(pre(p)) for p in patches]).to(device))
+    return lambda patches: cam(torch.stack([torch.as_tensor(pre({"image": p})["image"]) for p in patches]).to(device))
 
 
 def big_slide(path: Path, size: int, seed: int, block: int = 2048) -> float:
