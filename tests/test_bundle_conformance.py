@@ -249,7 +249,7 @@ def test_train_properties_and_outputs(pipeline, tmp_path):
 
 
 #: bundles whose inference.json is not yet the evaluator form (issue 19 item 2): their checks are strict xfails
-INFERENCE_NOT_CONVERTED = {"pathology"}
+INFERENCE_NOT_CONVERTED: set[str] = set()
 #: ids of the one inference entry (docs/bundle-conventions.md), beside MONAI's required inference properties
 INFERENCE_IDS = ("input_dir", "dataset_dir", "dataset", "dataloader", "preprocessing", "inferer", "postprocessing",
                  "handlers", "evaluator", "backend", "network_def", "network")
@@ -265,7 +265,9 @@ def _not_converted(area: str, request) -> None:
 def test_inference_entry_is_one_form(area, request):
     """Issue 14 (row "inference entry") and 19: every inference.json is the Model Zoo's form: a ``dataset`` over the
     inputs listed from ``--input_dir`` (``common.inference.InputCases`` over ``scripts.inference.list_inputs``) with
-    the bundle's ``preprocessing``, a ``dataloader`` of one case per iteration, the ``evaluator``
+    the bundle's ``preprocessing``, a ``dataloader`` of one case per iteration (or, where the items are an input's
+    same-sized patches, ``InputCases(grouped=True)`` batched by ``batch_size`` through
+    ``common.inference.collate_cases``, with the ``CaseWriter``'s ``finish_input``), the ``evaluator``
     (``common.inference.InferenceEvaluator``) with ``inferer``, ``postprocessing`` and ``handlers`` (the per-case
     ``common.inference.CaseWriter``), and ``run`` is ``$@evaluator.run()``; ``dataset_dir`` is ``input_dir``."""
     _not_converted(area, request)
@@ -278,7 +280,13 @@ def test_inference_entry_is_one_form(area, request):
     assert dataset["_target_"] == "common.inference.InputCases" and dataset["transform"] == "@preprocessing"
     assert dataset["data"]["_target_"] == "scripts.inference.list_inputs"
     assert dataset["data"]["input_dir"] == "$str(@input_dir)"
-    assert config["dataloader"]["dataset"] == "@dataset" and config["dataloader"]["batch_size"] == 1
+    loader = config["dataloader"]
+    assert loader["dataset"] == "@dataset"
+    if dataset.get("grouped"):
+        assert loader["batch_size"] == "@batch_size" and loader["collate_fn"] == "$common.inference.collate_cases"
+        assert all("finish_input" in h for h in config["handlers"] if h["_target_"] == "common.inference.CaseWriter")
+    else:
+        assert loader["batch_size"] == 1
     assert evaluator["_target_"] == "common.inference.InferenceEvaluator"
     assert {k: evaluator.get(k) for k in ("val_data_loader", "network", "inferer", "postprocessing", "val_handlers",
                                           "ckpt_path")} == {

@@ -179,20 +179,17 @@ def test_heatmap_cells_are_centred_patches():
     image[..., 0], image[..., 2] = rng.integers(120, 250, (2, 224, 300))
     image[..., 1] = image[..., 0] // 3
     image[rng.random((224, 300)) < 0.05] = 240
-    centres = []
-
-    def predictor(patches):
-        assert patches.shape[1:] == (96, 96, 3)
-        centres.extend(patches[:, 48, 48].tolist())
-        return np.full(len(patches), 0.7, np.float32)
-
-    heat, tissue = inference.slide_heatmap(image, predictor, stride=64)
-    assert heat.shape == tissue.shape == (4, 5)  # ceil(224 / 64), ceil(300 / 64)
-    assert tissue.all() and np.allclose(heat, 0.7)
+    tissue = inference.tissue_cells(image, 64)
+    assert tissue.shape == (4, 5) and tissue.all()  # ceil(224 / 64), ceil(300 / 64)
+    patches = [inference.centred_patch(image, i, j, 64) for i in range(4) for j in range(5)]
+    assert all(p.shape == (96, 96, 3) and p.dtype == np.uint8 for p in patches)
     # the patch of cell (i, j) is centred on pixel (64 i + 32, 64 j + 32); beyond the image it is white padding
     expected = [image[i * 64 + 32, j * 64 + 32].tolist() if i * 64 + 32 < 224 else [255, 255, 255]
                 for i in range(4) for j in range(5)]
-    assert centres == expected
+    assert [p[48, 48].tolist() for p in patches] == expected
+    # cell (0, 0): rows/columns -16..79 of the image, the first 16 white; cell (3, 4): rows 176..271, columns 240..335
+    assert np.array_equal(patches[0][16:, 16:], image[:80, :80]) and (patches[0][:16] == 255).all()
+    assert np.array_equal(patches[-1][:48, :60], image[176:, 240:]) and (patches[-1][48:] == 255).all()
 
 
 def test_all_background_slide_gives_an_empty_heatmap(tmp_path, trained):
@@ -201,23 +198,22 @@ def test_all_background_slide_gives_an_empty_heatmap(tmp_path, trained):
     glass = np.clip(rng.normal(236, 2, (512, 512, 3)), 0, 255).astype(np.uint8)
     (tmp_path / "in").mkdir()
     phantom.write_pyramid(tmp_path / "in" / "glass.tif", glass)
-    rows = _predict(tmp_path / "in", tmp_path / "out", trained)
+    rows = _predict(tmp_path / "in", tmp_path / "out", trained / "models" / "model.pt")
     assert rows == [{"case": "glass", "kind": "slide", "prob_tumour": 0.0, "label": 0, "tumour_area_fraction": 0.0,
                      "tissue_cells": 0, "heatmap_level": 0, "heatmap_cell_px": 96}]
     heat = tifffile.imread(tmp_path / "out" / "predictions" / "glass_prob.tif")
     assert heat.shape == (6, 6) and not heat.any()
 
 
-def _predict(input_dir: Path, output_dir: Path, trained: Path, stride: int = 96):
-    inference, networks, transforms = mod("inference"), mod("networks"), mod("transforms")
-    from monai.inferers import SimpleInferer
-    from monai.transforms import Activations, Compose, EnsureType, ScaleIntensityRange, Transpose
+def _predict(input_dir: Path, output_dir: Path, ckpt: Path, stride: int = 96, **overrides) -> list[dict]:
+    """Run inference.json (+ tiny.json) in this interpreter, as ``monai.bundle run`` does; return the CaseWriter's
+    rows (what predictions.csv holds)."""
+    from bundle_harness import inference_parser
 
-    pre = Compose([transforms.MacenkoNormalize(), Transpose([2, 0, 1]), ScaleIntensityRange(0, 255, 0.0, 1.0),
-                   EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False)])
-    net = networks.PatchClassifier(channels=TINY["channels"])
-    return inference.predict(str(input_dir), str(output_dir), net, str(trained / "models" / "model.pt"), pre,
-                             SimpleInferer(), Activations(sigmoid=True), torch.device("cpu"), 32, 0, stride)
+    parser = inference_parser(AREA, input_dir, output_dir, ckpt, **{"heatmap_stride": stride, "batch_size": 32,
+                                                                     **overrides})
+    parser.get_parsed_content("evaluator").run()
+    return parser.get_parsed_content("handlers")[0].rows
 
 
 @pytest.mark.parametrize("layout", ["pages", "subifds"])
@@ -228,8 +224,6 @@ def test_jpeg_tiled_pyramid_gives_a_heatmap(tmp_path, layout, caplog):
     import logging
 
     inference, networks, phantom = mod("inference"), mod("networks"), mod("phantom")
-    from monai.inferers import SimpleInferer
-    from monai.transforms import Activations, Compose, EnsureType, ScaleIntensityRange, Transpose
 
     image, _ = phantom.render_slide(0, 0, 512)
     inputs = tmp_path / "in"
@@ -252,11 +246,8 @@ def test_jpeg_tiled_pyramid_gives_a_heatmap(tmp_path, layout, caplog):
     (inputs / "._vendor.TIF").write_bytes(b"\0\5\26\7")  # macOS resource fork: hidden, ignored
     net = networks.PatchClassifier(channels=TINY["channels"])
     torch.save(net.state_dict(), tmp_path / "model.pt")
-    pre = Compose([Transpose([2, 0, 1]), ScaleIntensityRange(0, 255, 0.0, 1.0),
-                   EnsureType(data_type="tensor", dtype=torch.float32, track_meta=False)])
     with caplog.at_level(logging.WARNING):
-        rows = inference.predict(str(inputs), str(tmp_path / "out"), net, str(tmp_path / "model.pt"), pre,
-                                 SimpleInferer(), Activations(sigmoid=True), torch.device("cpu"), 32, 0, 96)
+        rows = _predict(inputs, tmp_path / "out", tmp_path / "model.pt", stain_normalisation=False)
     assert [r["case"] for r in rows] == ["vendor"] and rows[0]["tissue_cells"] > 0
     heat = tifffile.imread(tmp_path / "out" / "predictions" / "vendor_prob.tif")
     assert heat.shape == (6, 6) and heat.min() >= 0 and heat.max() <= 1 and (heat > 0).sum() > 0
@@ -363,7 +354,7 @@ def test_bad_inference_input_is_named_and_others_still_predicted(case, tmp_path,
         bad = inp / "odd_x.h5"
         _write_h5(bad, "images", np.zeros((2, 96, 96, 3), np.uint8))
     with pytest.raises(BatchFailure) as err:
-        _predict(inp, tmp_path / "out", trained)
+        _predict(inp, tmp_path / "out", trained / "models" / "model.pt")
     assert str(bad) in str(err.value) and "1 input(s) failed" in str(err.value)
     with open(tmp_path / "out" / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -512,7 +503,7 @@ def test_patch_gradcam_overlays_named_after_the_input(tmp_path, trained):
     from monai.bundle import ConfigParser
     from PIL import Image
 
-    inference, networks = mod("inference"), mod("networks")
+    mod("inference")  # the bundle's scripts importable for the parser
     parser = ConfigParser()
     parser.read_config([str(REPO / "bundles" / AREA / "configs" / "inference.json")])
     parser["ckpt_path"] = str(trained / "models" / "model.pt")
@@ -522,13 +513,8 @@ def test_patch_gradcam_overlays_named_after_the_input(tmp_path, trained):
     inp = tmp_path / "in"
     inp.mkdir()
     _good_split(inp, "test", n=3)
-    from monai.inferers import SimpleInferer
-    from monai.transforms import Activations
-
-    net = networks.PatchClassifier(channels=TINY["channels"])
-    inference.predict(str(inp), str(tmp_path / "out"), net, str(trained / "models" / "model.pt"),
-                      parser.get_parsed_content("preprocessing"), SimpleInferer(), Activations(sigmoid=True),
-                      torch.device("cpu"), 2, explain="true", explain_layer=layer)
+    rows = _predict(inp, tmp_path / "out", trained / "models" / "model.pt", batch_size=2, explain="true")
+    assert [r["case"] for r in rows] == [f"camelyonpatch_level_2_split_test_x_{i:06d}" for i in range(3)]
     written = sorted(p.name for p in (tmp_path / "out" / "predictions").iterdir())
     assert written == [f"camelyonpatch_level_2_split_test_x_{i:06d}_gradcam.png" for i in range(3)]
     assert np.asarray(Image.open(tmp_path / "out" / "predictions" / written[0])).shape == (384, 384, 3)

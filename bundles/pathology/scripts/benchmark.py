@@ -87,8 +87,8 @@ def throughput(num_patches: int = 512, batch: int = 64) -> dict[str, float]:
     """Inference speed in one process with torch's default threads, measured in one sweep:
 
     * ``end_to_end_patches_per_s``: the bundle's own inference path (``inference.json``'s preprocessing with Macenko
-      normalisation, the network, sigmoid; ``scripts.inference.Predictor`` in batches of ``batch``) on uint8 patches
-      of the unseen site;
+      normalisation after the patch loader, the network, sigmoid, in batches of ``batch``) on uint8 patches of the
+      unseen site;
     * ``network_patches_per_s`` and ``macenko_patches_per_s``: the two parts alone;
     * ``peer_resnet18_224_patches_per_s``: the architecture of the Model Zoo's ``pathology_tumor_detection`` (ResNet18,
       11.2 M parameters, MONAI's implementation) on 224 x 224 patches in batches of 64, as ANCHORS.md section 7
@@ -97,10 +97,9 @@ def throughput(num_patches: int = 512, batch: int = 64) -> dict[str, float]:
     import torch
     from monai.bundle import ConfigParser
     from monai.networks.nets import resnet18
-    from monai.transforms import Activations
+    from monai.transforms import Compose
 
     sys.path.insert(0, str(BUNDLE))
-    from scripts.inference import Predictor
     from scripts.phantom import make_split
     from scripts.tissue import TEST_SITE
     from scripts.transforms import MacenkoNormalize
@@ -109,8 +108,12 @@ def throughput(num_patches: int = 512, batch: int = 64) -> dict[str, float]:
     parser.read_config(str(CONFIGS / "inference.json"))
     parser["stain_normalisation"] = True
     net = parser.get_parsed_content("network_def").eval()
-    predictor = Predictor(net, parser.get_parsed_content("preprocessing"), lambda x, n: n(x),
-                          Activations(sigmoid=True), torch.device("cpu"), batch)
+    pre = Compose(parser.get_parsed_content("preprocessing").transforms[1:])  # what follows LoadInputPatchd
+
+    def predictor(patches: np.ndarray) -> list[torch.Tensor]:
+        return [torch.sigmoid(net(torch.stack([pre({"image": p})["image"] for p in patches[s:s + batch]])))
+                for s in range(0, len(patches), batch)]
+
     images, _ = make_split(np.random.default_rng(0), num_patches, (TEST_SITE,))
     norm = MacenkoNormalize()
     x = torch.rand(batch, 3, 96, 96)
@@ -206,6 +209,7 @@ def gradcam_of(ckpt_path: str | Path, device: str = "cpu"):
     ``explain_layer`` (``common.explain.GradCam``, MONAI's ``GradCAM``)."""
     import torch
     from monai.bundle import ConfigParser
+    from monai.transforms import Compose
 
     sys.path.insert(0, str(BUNDLE))
     from common.checkpoint import load_network_weights
@@ -218,9 +222,9 @@ def gradcam_of(ckpt_path: str | Path, device: str = "cpu"):
     net = parser.get_parsed_content("network_def")
     load_network_weights(net, str(ckpt_path))
     net = net.to(device).eval()
-    pre = parser.get_parsed_content("preprocessing")
+    pre = Compose(parser.get_parsed_content("preprocessing").transforms[1:])  # what follows LoadInputPatchd
     cam = GradCam(net, parser.get_parsed_content("explain_layer"), class_idx=0)
-    return lambda patches: cam(torch.stack([torch.as_tensor(pre(p)) for p in patches]).to(device))
+    return lambda patches: cam(torch.stack([torch.as_tensor(pre({"image": p})["image"]) for p in patches]).to(device))
 
 
 def big_slide(path: Path, size: int, seed: int, block: int = 2048) -> float:

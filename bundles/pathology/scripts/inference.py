@@ -6,12 +6,20 @@ cut into a grid of ``stride`` x ``stride`` cells and every tissue cell is classi
 ``roi_size`` patch (96 as in PCam) centred on it (as PCam labels the centre of a patch). Heat-map pixel ``(i, j)``
 covers level pixels ``[i*stride, (i+1)*stride) x [j*stride, (j+1)*stride)``; its size is
 ``ceil(H / stride) x ceil(W / stride)``.
+
+``inference.json`` runs MONAI's evaluator (:mod:`common.inference`) over PATCHES, never a whole file as one item:
+:func:`case_items` checks each input up front and lists its patches (the patches of a PCam file, or the tissue cells
+of a slide), :class:`LoadInputPatchd` reads each one lazily (by index from the HDF5 file, or cut from the slide level
+held by :class:`SlideLevels`, one level in memory at a time), the dataloader batches them (``batch_size``), and the
+``CaseWriter`` collects the per-patch results (:func:`write_patch`, with the Grad-CAM overlays) and writes each
+file's outputs when its last patch is done (:func:`finish_input`), then ``predictions.csv`` once
+(:func:`write_predictions`). One bad file is reported by name and the others are still predicted; the run then ends
+with an error naming it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +30,13 @@ import torch
 from monai.data import WSIReader
 from monai.transforms import ForegroundMask
 
-from common.checkpoint import load_network_weights, unwrap
-from common.explain import GradCam, enabled
+from common.explain import GradCam
 from common.explain import overlay as explain_overlay
+from common.inference import output_path
 from common.inputs import list_input_folder
 from common.io import atomic_path, save_png, write_csv
-from common.validation import run_each
 from scripts.data import PATCH
-from scripts.transforms import tissue_saturation_threshold
+from scripts.transforms import LoadPCamPatchd, tissue_saturation_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -67,37 +74,6 @@ def list_inputs(input_dir: str | Path) -> list[Path]:
         common.validation.DatasetError: the folder does not exist or holds nothing to predict.
     """
     return list_input_folder(input_dir, classify_input, "slides (*.tif) or PCam patch files (*_x.h5)").predict
-
-
-class Predictor:
-    """Batched calibrated tumour probabilities of ``H x W x 3`` uint8 patches: preprocessing, network, logit divided
-    by ``temperature`` (fitted on the validation split at training, ``model.json``), sigmoid.
-
-    Raises:
-        ValueError: ``temperature`` is not positive.
-    """
-
-    def __init__(self, network: torch.nn.Module, preprocessing: Callable, inferer: Callable,
-                 postprocessing: Callable, device: torch.device, batch_size: int = 64,
-                 temperature: float = 1.0) -> None:
-        self.network, self.preprocessing, self.inferer = network.eval(), preprocessing, inferer
-        self.postprocessing, self.device, self.batch_size = postprocessing, device, max(int(batch_size), 1)
-        self.temperature = float(temperature)
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature} (model.json or --temperature)")
-
-    def tensor(self, patches: np.ndarray) -> torch.Tensor:
-        """The preprocessed ``[B, 3, H, W]`` batch on the device."""
-        return torch.stack([torch.as_tensor(self.preprocessing(p)) for p in patches]).to(self.device)
-
-    def __call__(self, patches: np.ndarray) -> np.ndarray:
-        probs = []
-        for start in range(0, len(patches), self.batch_size):
-            chunk = patches[start:start + self.batch_size]
-            with torch.no_grad():
-                out = self.postprocessing(self.inferer(self.tensor(chunk), self.network) / self.temperature)
-            probs.append(torch.as_tensor(out).detach().cpu().float().reshape(-1).numpy())
-        return np.concatenate(probs) if probs else np.zeros(0, np.float32)
 
 
 def read_slide(path: Path, level: int) -> np.ndarray:
@@ -144,22 +120,17 @@ def tissue_cells(image: np.ndarray, stride: int, min_fraction: float = 0.25, sub
     return padded.reshape(grid_h, cell, grid_w, cell).mean(axis=(1, 3)) >= min_fraction
 
 
-def slide_heatmap(image: np.ndarray, predictor: Predictor, stride: int, min_tissue: float = 0.25,
-                  roi_size: int = PATCH) -> tuple[np.ndarray, np.ndarray]:
-    """Tumour probability per grid cell (0 on background) and the tissue-cell mask; each cell is classified from the
-    ``roi_size`` x ``roi_size`` patch centred on it (the network input of training, ``model.json``)."""
-    tissue = tissue_cells(image, stride, min_tissue)
-    margin = roi_size
-    padded = np.pad(image, ((margin, margin + stride), (margin, margin + stride), (0, 0)), constant_values=255)
-    heat = np.zeros(tissue.shape, np.float32)
-    cells = np.argwhere(tissue)
-    offset = margin + stride // 2 - roi_size // 2
-    for start in range(0, len(cells), 256):
-        chunk = cells[start:start + 256]
-        patches = np.stack([padded[i * stride + offset:i * stride + offset + roi_size,
-                                   j * stride + offset:j * stride + offset + roi_size] for i, j in chunk])
-        heat[chunk[:, 0], chunk[:, 1]] = predictor(patches)
-    return heat, tissue
+def centred_patch(image: np.ndarray, row: int, col: int, stride: int, roi_size: int = PATCH) -> np.ndarray:
+    """The ``roi_size`` x ``roi_size`` x 3 uint8 patch of ``image`` (``H x W x 3``) centred on grid cell
+    ``(row, col)``, i.e. on pixel ``(row * stride + stride // 2, col * stride + stride // 2)`` (its top-left corner
+    ``roi_size // 2`` up and left of that); pixels beyond the image are white (255, glass)."""
+    top, left = row * stride + stride // 2 - roi_size // 2, col * stride + stride // 2 - roi_size // 2
+    patch = np.full((roi_size, roi_size, image.shape[-1]), 255, np.uint8)
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + roi_size, image.shape[0]), min(left + roi_size, image.shape[1])
+    if y1 > y0 and x1 > x0:
+        patch[y0 - top:y1 - top, x0 - left:x1 - left] = image[y0:y1, x0:x1]
+    return patch
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, stride: int) -> np.ndarray:
@@ -172,28 +143,33 @@ def overlay(image: np.ndarray, heat: np.ndarray, stride: int) -> np.ndarray:
     return np.clip(thumb * (1 - alpha) + np.array([255.0, 0.0, 0.0]) * alpha, 0, 255).astype(np.uint8)
 
 
-def predict_slide(path: Path, out_dir: Path, predictor: Predictor, level: int, stride: int,
-                  threshold: float = 0.5, roi_size: int = PATCH) -> dict[str, Any]:
-    """Write ``<stem>_prob.tif`` (float32 heat-map) and ``<stem>_heatmap.png`` (overlay); return the slide's row."""
-    image = read_slide(path, level)
-    heat, tissue = slide_heatmap(image, predictor, stride, roi_size=roi_size)
-    if not tissue.any():
-        logger.warning("%s: no tissue found, writing an empty heat-map", path)
-    with atomic_path(out_dir / f"{path.stem}_prob.tif") as tmp:
-        tifffile.imwrite(tmp, heat, photometric="minisblack", metadata={"level": level, "cell_px": stride})
-    save_png(overlay(image, heat, stride), out_dir / f"{path.stem}_heatmap.png")
-    n_tissue = int(tissue.sum())
-    max_prob = float(heat.max()) if n_tissue else 0.0
-    return {"case": path.stem, "kind": "slide", "prob_tumour": max_prob, "label": int(max_prob >= threshold),
-            "tumour_area_fraction": float((heat[tissue] >= threshold).mean()) if n_tissue else 0.0,
-            "tissue_cells": n_tissue, "heatmap_level": level, "heatmap_cell_px": stride}
+class SlideLevels:
+    """The heat-map level of the slide being predicted, read once (:func:`read_slide`) and kept until another slide
+    is asked for: one level in memory at a time, shared by :func:`case_items` (tissue grid), :class:`LoadInputPatchd`
+    (the patches) and :func:`finish_input` (the overlay) of one ``inference.json``."""
+
+    def __init__(self, level: int = 0) -> None:
+        self.level = int(level)
+        self._path: str | None = None
+        self._image: np.ndarray | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_path": None, "_image": None}
+
+    def __call__(self, path: str | Path) -> np.ndarray:
+        """Level ``level`` of ``path`` as ``H x W x 3`` uint8 (ValueError naming the file, see :func:`read_slide`)."""
+        if self._path != str(path):
+            self._path, self._image = None, None  # the previous level is released before the next one is read
+            self._image, self._path = read_slide(Path(str(path)), self.level), str(path)
+        return self._image
 
 
-def predict_patches(path: Path, predictor: Predictor, threshold: float = 0.5, cam: GradCam | None = None,
-                    out_dir: Path | None = None, roi_size: int = PATCH) -> list[dict[str, Any]]:
-    """Rows for every patch of a PCam ``*_x.h5`` file (dataset ``x``: N x roi_size x roi_size x 3 uint8, 96 in PCam);
-    with ``cam``, also
-    ``<out_dir>/<case>_gradcam.png`` per patch (the patch, 4x, with the Grad-CAM of the tumour logit over it)."""
+#: keys of every item (patch-file and slide items alike, so that one batch may hold both)
+ITEM_KEYS = ("file", "kind", "case", "index", "row", "col", "grid_h", "grid_w", "tissue")
+
+
+def _patch_count(path: Path, roi_size: int) -> int:
+    """Number of patches in a PCam ``*_x.h5`` file, after checking its dataset ``x`` (ValueError naming the file)."""
     try:
         with h5py.File(path, "r") as f:
             if "x" not in f:
@@ -202,48 +178,106 @@ def predict_patches(path: Path, predictor: Predictor, threshold: float = 0.5, ca
             if data.ndim != 4 or tuple(data.shape[1:]) != (roi_size, roi_size, 3) or data.dtype != np.uint8:
                 raise ValueError(f"{path}: dataset 'x' is {data.shape} {data.dtype}, expected N x {roi_size} x "
                                  f"{roi_size} x 3 uint8 (the network input of training, roi_size)")
-            probs = np.concatenate([predictor(np.asarray(data[s:s + 1024])) for s in range(0, data.shape[0], 1024)]
-                                   ) if data.shape[0] else np.zeros(0)
-            stem = path.name[: -len(".h5")]
-            for s in range(0, data.shape[0] if cam is not None else 0, predictor.batch_size):
-                chunk = np.asarray(data[s:s + predictor.batch_size])
-                for i, (patch, heat) in enumerate(zip(chunk, cam(predictor.tensor(chunk)))):
-                    save_png(explain_overlay(patch / 255.0, heat), out_dir / f"{stem}_{s + i:06d}_gradcam.png")
+            return int(data.shape[0])
     except OSError as e:
         raise ValueError(f"{path} is not a readable HDF5 file ({e})") from e
-    return [{"case": f"{stem}_{i:06d}", "kind": "patch", "prob_tumour": float(p), "label": int(p >= threshold)}
-            for i, p in enumerate(probs)]
 
 
-def predict(input_dir: str, output_dir: str, network: torch.nn.Module, ckpt_path: str, preprocessing: Callable,
-            inferer: Callable, postprocessing: Callable, device: torch.device, batch_size: int = 64,
-            heatmap_level: int = 0, heatmap_stride: int = 96, temperature: float = 1.0, threshold: float = 0.5,
-            explain: bool | str = False, explain_layer: str = "features.7.2", roi_size: int = PATCH
-            ) -> list[dict[str, Any]]:
-    """Predict every slide and patch file in ``input_dir``; write heat-maps under ``<output_dir>/predictions/`` and
-    ``<output_dir>/predictions.csv``. Bad inputs are reported together at the end (non-zero exit), after the good
-    ones were written. Probabilities are calibrated by ``temperature`` and labels are ``p >= threshold`` (both
-    recorded in ``model.json`` at training); with ``explain``, every patch of a patch file also gets a Grad-CAM
-    overlay ``<case>_gradcam.png`` (slides: none, their heat-map is the explanation)."""
-    inputs = list_inputs(input_dir)
-    load_network_weights(network, ckpt_path)
-    predictor = Predictor(network.to(device), preprocessing, inferer, postprocessing, device, batch_size, temperature)
-    # the eager network (inside a common.backends wrapper): Grad-CAM needs its layers and gradients
-    cam = GradCam(unwrap(network), explain_layer, class_idx=0) if enabled(explain) else None
-    threshold = float(threshold)
-    out = Path(str(output_dir))
-    rows: list[dict[str, Any]] = []
+def case_items(path: str | Path, slides: SlideLevels, stride: int = 96, roi_size: int = PATCH,
+               min_tissue: float = 0.25) -> list[dict[str, Any]]:
+    """The items (patches, read later by :class:`LoadInputPatchd`) of one input, checked up front:
 
-    def one(path: Path) -> None:
-        if path.name.lower().endswith("_x.h5"):
-            rows.extend(predict_patches(path, predictor, threshold, cam, out / "predictions", int(roi_size)))
+    - a PCam ``*_x.h5`` file (dataset ``x``: N x roi_size x roi_size x 3 uint8, 96 in PCam): one item per patch
+      (``index``; case ``<stem>_<index:06d>``); none for an empty file;
+    - a slide: its level ``slides.level`` is read (:func:`read_slide`), cut into a grid of ``stride`` x ``stride``
+      cells, and every tissue cell (:func:`tissue_cells`) is one item (``row``, ``col``), classified from the
+      ``roi_size`` patch centred on it; a slide without tissue is one item with ``tissue`` 0 (its prediction is not
+      used) so that its empty heat-map and row are written.
+
+    Raises:
+        ValueError: naming the file: not a readable HDF5 file or TIFF, wrong dataset, missing level, not RGB.
+    """
+    path, roi_size, stride = Path(str(path)), int(roi_size), int(stride)
+    item = dict.fromkeys(ITEM_KEYS, 0) | {"file": str(path)}
+    if path.name.lower().endswith("_x.h5"):
+        stem = path.name[: -len(".h5")]
+        return [{**item, "kind": "patch", "case": f"{stem}_{i:06d}", "index": i, "tissue": 1}
+                for i in range(_patch_count(path, roi_size))]
+    tissue = tissue_cells(slides(path), stride, min_tissue)
+    item.update(kind="slide", case=path.stem, grid_h=tissue.shape[0], grid_w=tissue.shape[1])
+    if not tissue.any():
+        logger.warning("%s: no tissue found, writing an empty heat-map", path)
+        return [{**item, "tissue": 0}]
+    return [{**item, "row": int(i), "col": int(j), "tissue": 1} for i, j in np.argwhere(tissue)]
+
+
+class LoadInputPatchd(LoadPCamPatchd):
+    """Dict transform: ``d["image"]``, the item's ``roi_size`` x ``roi_size`` x 3 uint8 patch, read lazily: patch
+    ``index`` of a PCam file (:class:`scripts.transforms.LoadPCamPatchd`), or the patch of a slide centred on cell
+    ``(row, col)`` of the ``stride`` grid (:func:`centred_patch` of :class:`SlideLevels`); ``d["patch"]`` keeps the
+    raw patch (the base of a Grad-CAM overlay)."""
+
+    def __init__(self, slides: SlideLevels, stride: int = 96, roi_size: int = PATCH) -> None:
+        super().__init__(keys="file", index_key="index")
+        self.slides, self.stride, self.roi_size = slides, int(stride), int(roi_size)
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        if d["kind"] == "patch":
+            patch = np.asarray(self._dataset(str(d["file"]))[int(d["index"])], dtype=np.uint8)
         else:
-            rows.append(predict_slide(path, out / "predictions", predictor, int(heatmap_level), int(heatmap_stride),
-                                      threshold, int(roi_size)))
+            patch = centred_patch(self.slides(d["file"]), int(d["row"]), int(d["col"]), self.stride, self.roi_size)
+        d["image"], d["patch"] = patch, patch
+        return d
 
-    try:
-        run_each(inputs, one, name_of=str, what="pathology inference")
-    finally:
-        if rows:
-            write_csv(out / "predictions.csv", rows, fieldnames=COLUMNS)
-    return rows
+
+def write_patch(case: dict[str, Any], output_dir: str | Path, cam: GradCam | None = None) -> dict[str, Any]:
+    """One item's result ``{file, kind, case, row, col, grid_h, grid_w, tissue, prob}`` (``prob``: the calibrated
+    tumour probability in ``pred``, the sigmoid of the logit divided by ``temperature``); with ``cam``, a patch of a
+    PCam file also gets ``<case>_gradcam.png`` (the patch, 4x, with the Grad-CAM of the tumour logit over it)."""
+    prob = torch.as_tensor(case["pred"]).detach().float().cpu().reshape(-1)
+    if prob.numel() != 1:
+        raise ValueError(f"{case['case']}: expected one tumour probability, got {tuple(prob.shape)}")
+    if cam is not None and case["kind"] == "patch":
+        x = torch.as_tensor(case["image"], dtype=torch.float32)[None]
+        patch = np.asarray(torch.as_tensor(case["patch"]).cpu())
+        save_png(explain_overlay(patch / 255.0, cam(x)[0]), output_path(output_dir, f"{case['case']}_gradcam.png"))
+    result = {k: case[k] for k in ITEM_KEYS if k != "index"}
+    return {**{k: v if isinstance(v, str) else int(v) for k, v in result.items()}, "prob": float(prob.numpy()[0])}
+
+
+def finish_input(parts: list[dict[str, Any]], output_dir: str | Path, slides: SlideLevels, stride: int = 96,
+                 threshold: float = 0.5) -> list[dict[str, Any]]:
+    """The ``predictions.csv`` rows of one input from its items' results (:func:`write_patch`), once all are done.
+
+    A patch file: one row per patch (label ``prob >= threshold``). A slide: writes ``<stem>_prob.tif`` (float32
+    heat-map, 0 off tissue) and ``<stem>_heatmap.png`` (overlay, :func:`overlay`) under ``<output_dir>/predictions``
+    and returns its row (``prob_tumour`` the highest cell, ``tumour_area_fraction`` of the tissue cells at
+    ``threshold``)."""
+    threshold, first = float(threshold), parts[0]
+    if first["kind"] == "patch":
+        return [{"case": p["case"], "kind": "patch", "prob_tumour": p["prob"], "label": int(p["prob"] >= threshold)}
+                for p in parts]
+    heat = np.zeros((first["grid_h"], first["grid_w"]), np.float32)
+    tissue = np.zeros(heat.shape, bool)
+    for p in parts:
+        if p["tissue"]:
+            heat[p["row"], p["col"]], tissue[p["row"], p["col"]] = p["prob"], True
+    path, level = Path(first["file"]), slides.level
+    with atomic_path(output_path(output_dir, f"{path.stem}_prob.tif")) as tmp:
+        tifffile.imwrite(tmp, heat, photometric="minisblack", metadata={"level": level, "cell_px": int(stride)})
+    save_png(overlay(slides(path), heat, int(stride)), output_path(output_dir, f"{path.stem}_heatmap.png"))
+    n_tissue = int(tissue.sum())
+    max_prob = float(heat.max()) if n_tissue else 0.0
+    logger.info("%s: %d tissue cells, highest tumour probability %.4f", path, n_tissue, max_prob)
+    return [{"case": path.stem, "kind": "slide", "prob_tumour": max_prob, "label": int(max_prob >= threshold),
+             "tumour_area_fraction": float((heat[tissue] >= threshold).mean()) if n_tissue else 0.0,
+             "tissue_cells": n_tissue, "heatmap_level": level, "heatmap_cell_px": int(stride)}]
+
+
+def write_predictions(rows: list[dict[str, Any]], output_dir: str | Path) -> str:
+    """Write ``<output_dir>/predictions.csv`` (:data:`COLUMNS`) atomically; return its path."""
+    path = Path(str(output_dir)) / "predictions.csv"
+    write_csv(path, rows, fieldnames=COLUMNS)
+    logger.info("wrote %d rows to %s", len(rows), path)
+    return str(path)
