@@ -3,7 +3,9 @@
 Outputs, under ``<output_dir>/predictions/``, at the input's size: ``<stem>_prob.png`` (uint8, probability x 255)
 and ``<stem>_seg.png`` (uint8, vessel = 255 as in DRIVE's ``1st_manual``, background 0); both are 0 outside the FOV.
 The FOV mask is looked up as ``<stem>_mask.*`` beside the image, in ``mask/`` below or beside the image folder
-(the DRIVE layout); when there is none it is estimated from the image.
+(the DRIVE layout); when there is none it is estimated from the image. With ``--uncertainty true`` also
+``<stem>_uncertainty.png`` (entropy of the TTA mean probability, 8-bit, scale in its PNG text metadata) and
+``<output_dir>/uncertainty.csv`` (:mod:`common.uncertainty`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from common.checkpoint import load_network_weights
 from common.inputs import list_input_folder
 from common.io import save_png
+from common.uncertainty import case_score, write_entropy_png, write_uncertainty_csv
 from common.validation import run_each
 
 from .data import IMAGE_SUFFIX_TEXT, IMAGE_SUFFIXES, MASK_SUFFIXES
@@ -81,21 +84,40 @@ def list_inputs(input_dir: str) -> list[Path]:
 
 @torch.no_grad()
 def predict_image(image: Path, output_dir: str, network: torch.nn.Module, preprocessing: Callable,
-                  inferer: Callable, postprocessing: Callable, device: torch.device) -> list[str]:
-    """Predict one image and write its probability and mask PNGs; returns the written paths.
+                  inferer: Callable, postprocessing: Callable, device: torch.device,
+                  uncertainty_rows: list | None = None) -> list[str]:
+    """Predict one image and write its probability and mask PNGs; returns the written paths. With uncertainty (the
+    postprocessing computed ``uncertainty``), also ``<stem>_uncertainty.png``, its row appended to
+    ``uncertainty_rows``.
 
     ``postprocessing`` maps ``{"pred": logits (1xHxW), "fov": ...}`` to ``pred`` (binary) and ``prob``.
     """
     data = preprocessing({"image": str(image), "fov": find_fov(image), "case": image.stem})
     logits = inferer(torch.as_tensor(data["image"])[None].to(device), network)
-    out = postprocessing({"pred": torch.as_tensor(logits)[0].detach().cpu(), "fov": data["fov"]})
+    out_data = out = postprocessing({"pred": torch.as_tensor(logits)[0].detach().cpu(), "fov": data["fov"]})
     prob_u8 = np.round(torch.as_tensor(out["prob"])[0].numpy() * 255).astype(np.uint8)
     mask_u8 = (torch.as_tensor(out["pred"])[0].numpy() > 0).astype(np.uint8) * 255
     out = Path(str(output_dir)) / "predictions"
     paths = [out / f"{image.stem}_prob.png", out / f"{image.stem}_seg.png"]
     save_png(prob_u8, paths[0])
     save_png(mask_u8, paths[1])
+    if "uncertainty" in out_data:
+        paths.append(out / f"{image.stem}_uncertainty.png")
+        row = write_uncertainty(image.stem, out_data, paths[-1])
+        if uncertainty_rows is not None:
+            uncertainty_rows.append(row)
     return [str(p) for p in paths]
+
+
+def write_uncertainty(stem: str, data: dict[str, Any], path: Path, band: int = 2) -> dict[str, Any]:
+    """Write the entropy of the TTA mean vessel probability as an 8-bit PNG (scale in its text metadata,
+    :func:`common.uncertainty.write_entropy_png`; 0 outside the FOV); return the image's ``uncertainty.csv`` row
+    (mean entropy over the predicted vessels and a ``band``-pixel band around them, nats)."""
+    entropy = torch.as_tensor(data["uncertainty"])[0].numpy()
+    nats_per_level = write_entropy_png(entropy, path, channels=1, activation="sigmoid")
+    vessels = torch.as_tensor(data["pred"])[0].numpy() > 0
+    return {"case": stem, "uncertainty_score": case_score(entropy, vessels, band), "band_pixels": band,
+            "unit": "nats", "png_nats_per_level": nats_per_level}
 
 
 def predict_folder(input_dir: str, output_dir: str, network: torch.nn.Module, preprocessing: Callable,
@@ -110,8 +132,12 @@ def predict_folder(input_dir: str, output_dir: str, network: torch.nn.Module, pr
     images = list_inputs(input_dir)
     load_network_weights(network, ckpt_path)
     network.eval()
-    written = run_each(images, lambda p: predict_image(p, output_dir, network, preprocessing, inferer,
-                                                       postprocessing, torch.device(device)),
-                       name_of=str, what="eye vessel inference")
+    uncertainty_rows: list[dict[str, Any]] = []
+    try:
+        written = run_each(images, lambda p: predict_image(p, output_dir, network, preprocessing, inferer,
+                                                           postprocessing, torch.device(device), uncertainty_rows),
+                           name_of=str, what="eye vessel inference")
+    finally:
+        write_uncertainty_csv(output_dir, uncertainty_rows)
     logger.info("wrote %d prediction files to %s", sum(len(w) for w in written), Path(output_dir) / "predictions")
     return [p for w in written for p in w]
