@@ -253,19 +253,25 @@ def foreground_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)
 
 
-def uncertainty_error_auc(uncertainty: Any, wrong: Any, foreground: Any) -> float | None:
+def uncertainty_error_auc(uncertainty: Any, wrong: Any, foreground: Any, valid: Any = None) -> float | None:
     """AUROC (scikit-learn ``roc_auc_score``) of the voxel ``uncertainty`` for telling ``wrong`` voxels from right
-    ones, inside the bounding box of ``foreground`` (truth union prediction). All three share one spatial shape.
-    1.0: every wrong voxel is more uncertain than every right one; 0.5: no better than chance. None when the box is
-    empty or holds only right or only wrong voxels (undefined).
+    ones, inside the bounding box of ``foreground`` (truth union prediction) and, when given, the ``valid`` mask
+    (e.g. eye's field of view). All share one spatial shape. 1.0: every wrong voxel is more uncertain than every
+    right one; 0.5: no better than chance. None when the box is empty or holds only right or only wrong voxels.
+
+    Raises:
+        ValueError: the arrays differ in shape.
     """
     h, err, fg = (np.squeeze(_numpy(a)) for a in (uncertainty, wrong, foreground))
-    if not h.shape == err.shape == fg.shape:
-        raise ValueError(f"shapes differ: uncertainty {h.shape}, wrong {err.shape}, foreground {fg.shape}")
-    box = foreground_box(fg.astype(bool))
+    keep = np.ones(h.shape, bool) if valid is None else np.squeeze(_numpy(valid)).astype(bool)
+    if not h.shape == err.shape == fg.shape == keep.shape:
+        raise ValueError(f"shapes differ: uncertainty {h.shape}, wrong {err.shape}, foreground {fg.shape}, valid "
+                         f"{keep.shape}")
+    box = foreground_box(fg.astype(bool) & keep)
     if box is None:
         return None
-    y, score = err[box].astype(bool).ravel(), h[box].astype(np.float64).ravel()
+    inside = keep[box]
+    y, score = err[box][inside].astype(bool), h[box][inside].astype(np.float64)
     if y.all() or not y.any():
         return None
     from sklearn.metrics import roc_auc_score
@@ -433,3 +439,89 @@ def write_uncertainty_csv(output_dir: str | Path, rows: Sequence[Mapping[str, An
     path = Path(str(output_dir)) / UNCERTAINTY_CSV
     write_csv(path, [dict(r) for r in rows])
     return path
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------------------------------
+ItemArrays = Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any]]
+
+
+class UncertaintyCaseRows:
+    """``case_rows`` of ``common.handlers.EvaluationWriter`` that adds the uncertainty columns to a bundle's rows.
+
+    When ``enabled``, every item of an evaluator iteration (``engine.state.batch`` / ``engine.state.output``) goes
+    through ``item_arrays(batch_item, output_item)``, which returns same-shaped arrays: ``uncertainty`` (voxel
+    entropy, nats), ``wrong`` (prediction differs from the truth), ``foreground`` (truth or prediction) and
+    ``predicted`` (the predicted foreground), optionally ``valid`` (where metrics count), plus ``case`` (the case the item belongs to: a cardiac patient has
+    two frames). A case's row (from the wrapped ``case_rows``) then gets ``uncertainty_error_auc`` (the mean over
+    its items of :func:`uncertainty_error_auc`) and ``uncertainty_score`` (:func:`case_score` over all its items'
+    voxels with a ``band``-voxel band along ``band_axes``). ``case_columns(items, row)``, when given, adds further
+    columns from the case's item dicts (each with ``sample_counts``, its ``(S, C)`` slice of
+    ``inferer.sample_counts`` when an ``inferer`` is given).
+
+    :meth:`summary` is the ``extra`` of the writer: ``uncertainty_error_auc`` (mean over cases) and
+    ``uncertainty_case_spearman`` (:func:`uncertainty_case_spearman` against ``key_metric``) plus
+    ``dataset_metrics`` (e.g. cardiac's EF interval coverage), each with its bootstrap CI
+    (:func:`common.evaluation.summarise`). Disabled, rows and ``metrics.json`` are exactly those of ``case_rows``.
+    """
+
+    def __init__(self, case_rows: Callable[[Any], Sequence[Mapping[str, Any]]], item_arrays: ItemArrays,
+                 key_metric: str, enabled: bool = False, band: int = 2, band_axes: Sequence[int] | None = None,
+                 inferer: Any = None, case_columns: Callable | None = None,
+                 dataset_metrics: Mapping[str, Callable] | None = None, n_resamples: int = 1000,
+                 seed: int = 0) -> None:
+        self.case_rows, self.item_arrays, self.key_metric = case_rows, item_arrays, key_metric
+        self.enabled, self.band = bool(enabled), int(band)
+        self.band_axes = None if band_axes is None else [int(a) for a in band_axes]
+        self.inferer, self.case_columns = inferer, case_columns
+        self.dataset_metrics = dict(dataset_metrics or {})
+        self.n_resamples, self.seed = int(n_resamples), int(seed)
+        self.pending: dict[str, list[dict[str, Any]]] = {}
+        self.rows: list[dict[str, Any]] = []
+
+    def __call__(self, engine: Any) -> list[dict[str, Any]]:
+        if getattr(engine.state, "iteration", 1) == 1:
+            self.pending, self.rows = {}, []
+        if self.enabled:
+            counts = getattr(self.inferer, "sample_counts", None)
+            for i, (b, o) in enumerate(zip(engine.state.batch, engine.state.output)):
+                arrays = dict(self.item_arrays(b, o))
+                arrays["sample_counts"] = None if counts is None else counts[:, i].numpy()
+                self.pending.setdefault(str(arrays["case"]), []).append(arrays)
+        rows = [dict(r) for r in self.case_rows(engine)]
+        if self.enabled:
+            for row in rows:
+                row.update(self._columns(self.pending.pop(str(row["case"]), []), row))
+            self.rows.extend(rows)
+        return rows
+
+    def _columns(self, items: list[dict[str, Any]], row: Mapping[str, Any]) -> dict[str, Any]:
+        if not items:
+            return {"uncertainty_error_auc": None, "uncertainty_score": None}
+        aucs = [uncertainty_error_auc(i["uncertainty"], i["wrong"], i["foreground"], i.get("valid")) for i in items]
+        aucs = [a for a in aucs if a is not None]
+        predicted = np.stack([np.squeeze(_numpy(i["predicted"])).astype(bool) for i in items])
+        axes = range(predicted.ndim - 1) if self.band_axes is None else self.band_axes
+        score = case_score(np.stack([np.squeeze(_numpy(i["uncertainty"])) for i in items]), predicted, self.band,
+                           [a + 1 for a in axes])  # items stacked on axis 0: no band across them
+        out: dict[str, Any] = {"uncertainty_error_auc": float(np.mean(aucs)) if aucs else None,
+                               "uncertainty_score": score}
+        if self.case_columns is not None:
+            out.update(self.case_columns(items, row))
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """The uncertainty entries of ``metrics.json`` (empty when disabled or without rows)."""
+        if not self.enabled or not self.rows:
+            return {}
+        from common.evaluation import summarise
+
+        key = self.key_metric
+        metrics = {"uncertainty_case_spearman": lambda rows: uncertainty_case_spearman(rows, key),
+                   **self.dataset_metrics}
+        out = summarise(self.rows, "uncertainty_error_auc", ["uncertainty_error_auc"], metrics,
+                        n_resamples=self.n_resamples, seed=self.seed)
+        out.pop("key_metric", None)
+        out.pop("num_cases", None)
+        return out

@@ -15,7 +15,7 @@ import copy
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +165,47 @@ class ConformalCalibrator:
                     if unbounded else "", path)
         self.result = result
         return result
+
+
+class IntervalColumns:
+    """``case_columns`` of ``common.uncertainty.UncertaintyCaseRows`` for cardiac evaluate: the conformal intervals of
+    a patient (from its ED/ES items' TTA ``sample_counts`` and its row's ``<index>_pred``), whether the true LV EF
+    (``lv_ef_pct_gt``) lies inside (``ef_in_interval``: 1/0) and the LV EF interval's width in percentage points
+    (``ef_interval_width_pp``).
+
+    Raises:
+        common.checkpoint.CheckpointError: no ``conformal`` settings (never an uncalibrated interval).
+    """
+
+    def __init__(self, conformal: Mapping[str, Any] | None) -> None:
+        self.conformal = conformal
+
+    def __call__(self, items: list[dict[str, Any]], row: Mapping[str, Any]) -> dict[str, Any]:
+        if self.conformal is None:
+            from common.checkpoint import CheckpointError
+
+            raise CheckpointError("evaluate --uncertainty true needs the conformal settings of model.json")
+        by_phase = {str(i.get("phase")): i.get("sample_counts") for i in items}
+        predicted = {k: row.get(f"{k}_pred") for k in QUANTITIES}
+        if by_phase.get("ED") is None or by_phase.get("ES") is None:
+            spreads: dict[str, float | None] = {}
+        else:
+            spreads = tta_spreads(by_phase["ED"], by_phase["ES"], predicted)
+        out: dict[str, Any] = interval_columns(predicted, spreads, self.conformal)
+        low, high, truth = out.get("lv_ef_pct_low"), out.get("lv_ef_pct_high"), row.get("lv_ef_pct_gt")
+        defined = low is not None and high is not None and truth is not None
+        out["ef_in_interval"] = (1 if low <= float(truth) <= high else 0) if defined else None
+        out["ef_interval_width_pp"] = high - low if low is not None and high is not None else None
+        return out
+
+
+def ef_interval_coverage(rows: Sequence[Mapping[str, Any]]) -> float | None:
+    """Share of patients whose true LV EF lies inside their conformal interval (``ef_in_interval``)."""
+    hits = [float(r["ef_in_interval"]) for r in rows if r.get("ef_in_interval") not in (None, "")]
+    return float(np.mean(hits)) if hits else None
+
+
+def ef_interval_width(rows: Sequence[Mapping[str, Any]]) -> float | None:
+    """Median width of the LV EF intervals, percentage points."""
+    widths = [float(r["ef_interval_width_pp"]) for r in rows if r.get("ef_interval_width_pp") not in (None, "")]
+    return float(np.median(widths)) if widths else None
