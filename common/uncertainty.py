@@ -234,7 +234,6 @@ def case_score(entropy: Any, foreground: Any, band: int = 2, axes: Sequence[int]
         ValueError: the two arrays differ in shape.
     """
     h, fg = _numpy(entropy).astype(np.float64), _numpy(foreground).astype(bool)
-    h, fg = np.squeeze(h), np.squeeze(fg)
     if h.shape != fg.shape:
         raise ValueError(f"entropy shape {h.shape} differs from the foreground shape {fg.shape}")
     region = _dilate(fg, band, axes)
@@ -395,13 +394,16 @@ def min_calibration_cases(alpha: float) -> int:
 
 
 def write_entropy_png(entropy: Any, path: str | Path, channels: int, activation: str) -> float:
-    """Write ``(H, W)`` entropy (nats) as an 8-bit PNG atomically: level = round(255 * H / max_entropy); the PNG text
+    """Write ``(H, W)`` (or ``(1, H, W)``) entropy (nats) as an 8-bit PNG atomically: level = round(255 * H / max_entropy); the PNG text
     metadata says ``uncertainty_unit: nats`` and ``nats_per_level`` (multiply a level by it to get nats).
     Returns ``nats_per_level``."""
     from common.io import save_png
 
     top = max_entropy(channels, activation)
-    h = np.squeeze(_numpy(entropy)).astype(np.float64)
+    h = _numpy(entropy).astype(np.float64)
+    h = h[0] if h.ndim == 3 and h.shape[0] == 1 else h  # a channel axis of one
+    if h.ndim != 2:
+        raise ValueError(f"{path}: an uncertainty PNG needs a 2D (H, W) map, got shape {h.shape}")
     levels = np.clip(np.round(h / top * 255.0), 0, 255).astype(np.uint8)
     per_level = top / 255.0
     save_png(levels, path, text={"uncertainty_unit": "nats", "nats_per_level": repr(per_level),
@@ -460,6 +462,9 @@ class UncertaintyCaseRows:
     columns from the case's item dicts (each with ``sample_counts``, its ``(S, C)`` slice of
     ``inferer.sample_counts`` when an ``inferer`` is given).
 
+    With ``overlay_dir``, the first ``max_maps`` cases get ``<case>_uncertainty.png`` (:func:`plot_uncertainty_map`;
+    MLflow logs the overlay folder, and the main job's report shows it).
+
     :meth:`summary` is the ``extra`` of the writer: ``uncertainty_error_auc`` (mean over cases) and
     ``uncertainty_case_spearman`` (:func:`uncertainty_case_spearman` against ``key_metric``) plus
     ``dataset_metrics`` (e.g. cardiac's EF interval coverage), each with its bootstrap CI
@@ -470,13 +475,15 @@ class UncertaintyCaseRows:
                  key_metric: str, enabled: bool = False, band: int = 2, band_axes: Sequence[int] | None = None,
                  inferer: Any = None, case_columns: Callable | None = None,
                  dataset_metrics: Mapping[str, Callable] | None = None, n_resamples: int = 1000,
-                 seed: int = 0) -> None:
+                 seed: int = 0, overlay_dir: str | Path | None = None, max_maps: int = 1) -> None:
         self.case_rows, self.item_arrays, self.key_metric = case_rows, item_arrays, key_metric
         self.enabled, self.band = bool(enabled), int(band)
         self.band_axes = None if band_axes is None else [int(a) for a in band_axes]
         self.inferer, self.case_columns = inferer, case_columns
         self.dataset_metrics = dict(dataset_metrics or {})
         self.n_resamples, self.seed = int(n_resamples), int(seed)
+        self.overlay_dir = None if overlay_dir is None else Path(str(overlay_dir))
+        self.max_maps, self.maps_written = int(max_maps), 0
         self.pending: dict[str, list[dict[str, Any]]] = {}
         self.rows: list[dict[str, Any]] = []
 
@@ -501,14 +508,21 @@ class UncertaintyCaseRows:
             return {"uncertainty_error_auc": None, "uncertainty_score": None}
         aucs = [uncertainty_error_auc(i["uncertainty"], i["wrong"], i["foreground"], i.get("valid")) for i in items]
         aucs = [a for a in aucs if a is not None]
-        predicted = np.stack([np.squeeze(_numpy(i["predicted"])).astype(bool) for i in items])
+        predicted = np.stack([_numpy(i["predicted"]).astype(bool) for i in items])
         axes = range(predicted.ndim - 1) if self.band_axes is None else self.band_axes
-        score = case_score(np.stack([np.squeeze(_numpy(i["uncertainty"])) for i in items]), predicted, self.band,
+        score = case_score(np.stack([_numpy(i["uncertainty"]) for i in items]), predicted, self.band,
                            [a + 1 for a in axes])  # items stacked on axis 0: no band across them
         out: dict[str, Any] = {"uncertainty_error_auc": float(np.mean(aucs)) if aucs else None,
                                "uncertainty_score": score}
         if self.case_columns is not None:
             out.update(self.case_columns(items, row))
+        if self.overlay_dir is not None and self.maps_written < self.max_maps:
+            from common.distributed import is_rank0
+
+            if is_rank0():
+                plot_uncertainty_map(items[0], self.overlay_dir / f"{row['case']}_uncertainty.png", str(row["case"]),
+                                     out["uncertainty_error_auc"], score)
+                self.maps_written += 1
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -525,3 +539,40 @@ class UncertaintyCaseRows:
         out.pop("key_metric", None)
         out.pop("num_cases", None)
         return out
+
+
+def plot_uncertainty_map(item: Mapping[str, Any], path: str | Path, case: str, auc: float | None = None,
+                         score: float | None = None) -> str:
+    """Write a PNG (atomically) of one item of :class:`UncertaintyCaseRows`: the entropy map (nats, colour bar) with
+    the predicted foreground's outline, beside the wrong voxels; for 3D items the slice (last axis) with the most
+    predicted foreground. Returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from common.io import save_figure
+
+    h, wrong, predicted = (_numpy(item[k]) for k in ("uncertainty", "wrong", "predicted"))
+    title = ""
+    if h.ndim == 3:  # NIfTI (x, y, z): the slice with the most foreground, transposed for display as other overlays
+        z = int(np.argmax(predicted.reshape(-1, predicted.shape[-1]).sum(0))) if predicted.any() else h.shape[-1] // 2
+        h, wrong, predicted, title = h[..., z].T, wrong[..., z].T, predicted[..., z].T, f", slice {z}"
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4), dpi=100)
+    shown = axes[0].imshow(h, cmap="magma", vmin=0)
+    if predicted.any() and min(predicted.shape) >= 2:  # matplotlib contours need a 2 x 2 grid at least
+        axes[0].contour(predicted.astype(float), levels=[0.5], colors="cyan", linewidths=0.6)
+    fig.colorbar(shown, ax=axes[0], fraction=0.046, label="predictive entropy (nats)")
+    axes[0].set_title("uncertainty, predicted outline (cyan)", fontsize=8)
+    axes[1].imshow(wrong.astype(float), cmap="gray", vmin=0, vmax=1)
+    axes[1].set_title("wrong voxels (white)", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    text = [f"{case}{title}"]
+    if auc is not None:
+        text.append(f"error AUC {auc:.3f}")
+    if score is not None:
+        text.append(f"case score {score:.3f} nats")
+    fig.suptitle("; ".join(text), fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)

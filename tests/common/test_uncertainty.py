@@ -218,3 +218,38 @@ def test_entropy_png_scale_in_text_metadata(tmp_path):
     assert np.asarray(image).tolist() == [[0, 128, 255]]
     assert image.text["uncertainty_unit"] == "nats"
     assert float(image.text["nats_per_level"]) == pytest.approx(math.log(2) / 255) == pytest.approx(per_level)
+
+
+def test_uncertainty_case_rows_adds_columns_and_summary(tmp_path):
+    from types import SimpleNamespace
+
+    from common.uncertainty import UncertaintyCaseRows
+
+    def arrays(batch, output):
+        return {"case": batch["case"], "uncertainty": output["u"], "wrong": output["wrong"],
+                "foreground": np.ones_like(output["wrong"]), "predicted": output["pred"]}
+
+    def bundle_rows(engine):
+        return [{"case": b["case"], "dice": b["dice"]} for b in engine.state.batch]
+
+    # case a: wrong {0.9}, right {0.1, 0.2} -> AUC 1; case score over pred {0.9} + band 1 {0.1 left, none right}
+    a = {"u": np.array([[0.1, 0.9, 0.2]]), "wrong": np.array([[0, 1, 0]]), "pred": np.array([[0, 1, 0]])}
+    b = {"u": np.array([[0.5, 0.1, 0.3]]), "wrong": np.array([[0, 1, 0]]), "pred": np.array([[0, 0, 1]])}
+    c = {"u": np.array([[0.2, 0.2, 0.8]]), "wrong": np.array([[1, 0, 0]]), "pred": np.array([[1, 0, 0]])}
+    batches = [{"case": "a", "dice": 0.9}, {"case": "b", "dice": 0.5}, {"case": "c", "dice": 0.7}]
+    wrapper = UncertaintyCaseRows(bundle_rows, arrays, "dice", enabled=True, band=1, n_resamples=50,
+                                  overlay_dir=tmp_path)
+    engine = SimpleNamespace(state=SimpleNamespace(iteration=1, batch=batches, output=[a, b, c]))
+    rows = wrapper(engine)
+    # c: wrong {0.2}, right {0.2, 0.8}: a tie (1/2) and a loss (0) -> 0.25
+    assert [r["uncertainty_error_auc"] for r in rows] == [1.0, 0.0, 0.25]
+    assert rows[0]["uncertainty_score"] == pytest.approx((0.1 + 0.9 + 0.2) / 3)
+    assert rows[1]["uncertainty_score"] == pytest.approx((0.1 + 0.3) / 2)
+    summary = wrapper.summary()
+    assert summary["uncertainty_error_auc"] == pytest.approx(1.25 / 3)
+    # scores 0.4, 0.2, 0.2 (ranks 3, 1.5, 1.5) against 1 - dice 0.1, 0.5, 0.3 (ranks 1, 3, 2): rho = -1.5 / sqrt(3)
+    assert summary["uncertainty_case_spearman"] == pytest.approx(-0.8660254, abs=1e-6)
+    assert "uncertainty_case_spearman_ci95" in summary and "key_metric" not in summary
+    assert (tmp_path / "a_uncertainty.png").is_file() and not (tmp_path / "b_uncertainty.png").exists()
+    off = UncertaintyCaseRows(bundle_rows, arrays, "dice", enabled=False)
+    assert off(engine) == bundle_rows(engine) and off.summary() == {}
