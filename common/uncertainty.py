@@ -394,9 +394,13 @@ def min_calibration_cases(alpha: float) -> int:
 
 
 def write_entropy_png(entropy: Any, path: str | Path, channels: int, activation: str) -> float:
-    """Write ``(H, W)`` (or ``(1, H, W)``) entropy (nats) as an 8-bit PNG atomically: level = round(255 * H / max_entropy); the PNG text
-    metadata says ``uncertainty_unit: nats`` and ``nats_per_level`` (multiply a level by it to get nats).
-    Returns ``nats_per_level``."""
+    """Write ``(H, W)`` (or ``(1, H, W)``) entropy (nats) as an 8-bit PNG atomically: level =
+    round(255 * H / max_entropy); the PNG text metadata says ``uncertainty_unit: nats`` and ``nats_per_level``
+    (multiply a level by it to get nats). Returns ``nats_per_level``.
+
+    Raises:
+        ValueError: the map is not 2D.
+    """
     from common.io import save_png
 
     top = max_entropy(channels, activation)
@@ -455,8 +459,8 @@ class UncertaintyCaseRows:
     When ``enabled``, every item of an evaluator iteration (``engine.state.batch`` / ``engine.state.output``) goes
     through ``item_arrays(batch_item, output_item)``, which returns same-shaped arrays: ``uncertainty`` (voxel
     entropy, nats), ``wrong`` (prediction differs from the truth), ``foreground`` (truth or prediction) and
-    ``predicted`` (the predicted foreground), optionally ``valid`` (where metrics count), plus ``case`` (the case the item belongs to: a cardiac patient has
-    two frames). A case's row (from the wrapped ``case_rows``) then gets ``uncertainty_error_auc`` (the mean over
+    ``predicted`` (the predicted foreground), optionally ``valid`` (where metrics count), plus ``case`` (the case
+    the item belongs to: a cardiac patient has two frames). A case's row (from the wrapped ``case_rows``) then gets ``uncertainty_error_auc`` (the mean over
     its items of :func:`uncertainty_error_auc`) and ``uncertainty_score`` (:func:`case_score` over all its items'
     voxels with a ``band``-voxel band along ``band_axes``). ``case_columns(items, row)``, when given, adds further
     columns from the case's item dicts (each with ``sample_counts``, its ``(S, C)`` slice of

@@ -25,7 +25,8 @@ def _infer(pipeline: dict, input_dir: Path, out: Path, *extra, ckpt: Path | None
     """The harness's inference command (no tiny.json: the model's settings come from model.json) with extra args."""
     recorded = json.loads((pipeline["out"] / "models" / "model.json").read_text())
     ids = set(json.loads((BUNDLES / pipeline["area"] / "configs" / "inference.json").read_text()))
-    knobs = [a for k, v in pipeline["tiny"].items() if k in ids and k not in recorded for a in (f"--{k}", json.dumps(v))]
+    knobs = [a for k, v in pipeline["tiny"].items() if k in ids and k not in recorded
+             for a in (f"--{k}", json.dumps(v))]
     return run_monai_bundle(["run", "--config_file", "configs/inference.json", "--input_dir", str(input_dir),
                              "--output_dir", str(out), "--ckpt_path", str(ckpt or pipeline["out"] / "models/model.pt"),
                              *knobs, *extra], cwd=pipeline["copy"], env=ENV, expect_ok=expect_ok)
