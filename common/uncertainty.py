@@ -462,9 +462,9 @@ class UncertaintyCaseRows:
     ``predicted`` (the predicted foreground), optionally ``valid`` (where metrics count), plus ``case`` (the case
     the item belongs to: a cardiac patient has two frames). A case's row (from the wrapped ``case_rows``) then gets
     ``uncertainty_error_auc`` (the mean over its items of :func:`uncertainty_error_auc`) and ``uncertainty_score``
-    (:func:`case_score` over all its items' voxels with a ``band``-voxel band along ``band_axes``). ``case_columns(items, row)``, when given, adds further
-    columns from the case's item dicts (each with ``sample_counts``, its ``(S, C)`` slice of
-    ``inferer.sample_counts`` when an ``inferer`` is given).
+    (:func:`case_score` over all its items' voxels with a ``band``-voxel band along ``band_axes``).
+    ``case_columns(items, row)``, when given, adds further columns from the case's item dicts (each with
+    ``sample_counts``, its ``(S, C)`` slice of ``inferer.sample_counts`` when an ``inferer`` is given).
 
     With ``overlay_dir``, the first ``max_maps`` cases get ``<case>_uncertainty.png`` (:func:`plot_uncertainty_map`;
     MLflow logs the overlay folder, and the main job's report shows it).
