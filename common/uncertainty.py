@@ -558,6 +558,9 @@ def plot_uncertainty_map(item: Mapping[str, Any], path: str | Path, case: str, a
     from common.io import save_figure
 
     h, wrong, predicted = (_numpy(item[k]) for k in ("uncertainty", "wrong", "predicted"))
+    if item.get("valid") is not None:  # only where metrics count (eye: the FOV)
+        valid = _numpy(item["valid"]).astype(bool)
+        h, wrong = np.where(valid, h, 0.0), wrong & valid
     title = ""
     if h.ndim == 3:  # NIfTI (x, y, z): the slice with the most foreground, transposed for display as other overlays
         z = int(np.argmax(predicted.reshape(-1, predicted.shape[-1]).sum(0))) if predicted.any() else h.shape[-1] // 2
