@@ -127,3 +127,21 @@ def test_cardiac_clinical_intervals_and_uncertainty_maps(tiny_pipeline, tmp_path
     _infer(pipeline, testing, tmp_path / "plain", ckpt=models / "model.pt")
     assert len(list(_rows(tmp_path / "plain" / "clinical.csv"))[0]) == 8
     assert not (tmp_path / "plain" / "uncertainty.csv").exists()
+
+
+def test_eye_evaluate_reports_uncertainty_measures_with_cis(tiny_pipeline, tmp_path):
+    pipeline = tiny_pipeline("eye")
+    run_monai_bundle(["run", "--config_file", "['configs/train.json','configs/evaluate.json','configs/tiny.json']",
+                      "--output_dir", str(tmp_path), "--ckpt_path", str(pipeline["out"] / "models" / "model.pt"),
+                      "--uncertainty", "true", "--tta_samples", TTA], cwd=pipeline["copy"], env=ENV)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    plain = json.loads((pipeline["out"] / "metrics.json").read_text())
+    assert set(metrics) - set(plain) == {"uncertainty_error_auc", "uncertainty_error_auc_ci95",
+                                         "uncertainty_case_spearman", "uncertainty_case_spearman_ci95"} | (
+        {"uncertainty_error_auc_num_undefined"} if "uncertainty_error_auc_num_undefined" in metrics else set())
+    auc, (low, high) = metrics["uncertainty_error_auc"], metrics["uncertainty_error_auc_ci95"]
+    assert 0.0 <= low <= auc <= high <= 1.0
+    rows = _rows(tmp_path / "metrics_per_case.csv")
+    assert {"uncertainty_error_auc", "uncertainty_score"} <= set(rows[0])
+    assert len(list((tmp_path / "overlays").glob("*_uncertainty.png"))) == 1
+    assert not any("uncertainty" in k for k in plain)  # the shared run (uncertainty false) has none
