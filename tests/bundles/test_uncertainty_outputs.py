@@ -145,3 +145,44 @@ def test_eye_evaluate_reports_uncertainty_measures_with_cis(tiny_pipeline, tmp_p
     assert {"uncertainty_error_auc", "uncertainty_score"} <= set(rows[0])
     assert len(list((tmp_path / "overlays").glob("*_uncertainty.png"))) == 1
     assert not any("uncertainty" in k for k in plain)  # the shared run (uncertainty false) has none
+
+
+def test_eye_evaluator_form_identity_when_off_and_rows_when_on(tmp_path):
+    """In-process (seeded network, no training): with ``uncertainty`` false the TTA wrapper is the plain inferer, so
+    every output is byte for byte that of the bundle's ``SlidingWindowInferer`` alone and nothing new is written;
+    with it on, ``write_case`` puts ``<stem>_uncertainty.png`` beside each mask and returns the row that ``finish``
+    writes to ``uncertainty.csv``, also when another input fails (``BatchFailure`` after the table is written)."""
+    from bundle_harness import inference_evaluator, inference_parser, seeded_checkpoint
+    from common.validation import BatchFailure
+
+    rng = np.random.default_rng(0)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for stem in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(inputs / f"{stem}.png")
+    ckpt = seeded_checkpoint("eye", tmp_path / "model.pt")
+    small = {"sw_roi_size": [48, 48]}  # one window per image: quick
+    plain = inference_parser("eye", inputs, tmp_path / "plain", ckpt, **small)
+    plain["inferer"] = plain["inferer"]["inferer"]  # the bundle's own inferer, no wrapper
+    plain.get_parsed_content("evaluator").run()
+    inference_evaluator("eye", inputs, tmp_path / "off", ckpt, **small).run()
+    names = ["a_prob.png", "a_seg.png", "b_prob.png", "b_seg.png"]
+    assert sorted(p.name for p in (tmp_path / "off" / "predictions").iterdir()) == names
+    for name in names:
+        assert (tmp_path / "off" / "predictions" / name).read_bytes() == \
+            (tmp_path / "plain" / "predictions" / name).read_bytes(), name
+    assert not (tmp_path / "off" / "uncertainty.csv").exists()
+
+    (inputs / "c.png").write_bytes(b"\x89PNG broken")
+    on = inference_parser("eye", inputs, tmp_path / "on", ckpt, uncertainty=True, tta_samples=2, **small)
+    with pytest.raises(BatchFailure) as info:
+        on.get_parsed_content("evaluator").run()
+    assert str(inputs / "c.png") in str(info.value)
+    collected = on.get_parsed_content("handlers")[0].rows
+    rows = _rows(tmp_path / "on" / "uncertainty.csv")
+    assert [r["case"] for r in rows] == [r["case"] for r in collected] == ["a", "b"]
+    for row, kept in zip(rows, collected):
+        assert float(row["uncertainty_score"]) == pytest.approx(kept["uncertainty_score"], rel=1e-5)
+        assert 0.0 <= kept["uncertainty_score"] <= math.log(2)
+        u = Image.open(tmp_path / "on" / "predictions" / f"{row['case']}_uncertainty.png")
+        assert u.size == (48, 40) and u.text["uncertainty_unit"] == "nats"
