@@ -113,12 +113,19 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike, h
         nib.save(image, tmp)
 
 
-def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
-    """Save a 2D uint8 (or HxWx3 uint8) array as PNG atomically."""
+def save_png(array: np.ndarray, path: str | os.PathLike, text: dict[str, str] | None = None) -> None:
+    """Save a 2D uint8 (or HxWx3 uint8) array as PNG atomically; ``text`` entries go into the PNG's tEXt chunks
+    (Pillow reads them back as ``Image.open(path).text``)."""
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
+    info = None
+    if text:
+        info = PngInfo()
+        for key, value in text.items():
+            info.add_text(str(key), str(value))
     with atomic_path(path) as tmp:
-        Image.fromarray(np.asarray(array)).save(tmp, format="PNG")
+        Image.fromarray(np.asarray(array)).save(tmp, format="PNG", pnginfo=info)
 
 
 def save_figure(fig: Any, path: str | os.PathLike, dpi: float | None = None) -> str:

@@ -325,7 +325,8 @@ def render(sections: Sequence[BundleSection], tracking_uri: str, out: Path) -> s
         else:
             lines += ["No evaluate run in this store.", ""]
         lines += calibration_lines(s, out)
-        overlays = [png for png in s.overlays if "reliability" not in png.stem]
+        lines += uncertainty_lines(s, out)
+        overlays = [png for png in s.overlays if "reliability" not in png.stem and "uncertainty" not in png.stem]
         if overlays:
             lines += ["### Prediction overlays", "", "Image, ground truth and prediction side by side.", ""]
             for png in overlays:
@@ -354,6 +355,31 @@ def calibration_lines(section: BundleSection, out: Path) -> list[str]:
     for png in section.overlays:
         if "reliability" in png.stem:
             lines += [f"![reliability diagram]({png.relative_to(out).as_posix()})", ""]
+    return lines
+
+
+def uncertainty_lines(section: BundleSection, out: Path) -> list[str]:
+    """An "Uncertainty" subsection for an evaluate run with ``--uncertainty true`` (segmentation bundles, issue 15):
+    whether the test-time-augmentation entropy points at the errors (``uncertainty_error_auc``), ranks the cases
+    (``uncertainty_case_spearman``), cardiac's conformal EF interval coverage and width, and the uncertainty map(s)
+    logged as overlays (``*_uncertainty.png``)."""
+    run = section.evaluate_run
+    metrics = run.data.metrics if run is not None else {}
+    if "uncertainty_error_auc" not in metrics:
+        return []
+    parts = [f"voxel error AUC {fmt(metrics['uncertainty_error_auc'])} (0.5 = the entropy does not tell wrong "
+             "from right voxels)"]
+    if "uncertainty_case_spearman" in metrics:
+        parts.append(f"Spearman between case score and 1 - {section.key_metric}: "
+                     f"{fmt(metrics['uncertainty_case_spearman'])}")
+    if "ef_interval_coverage" in metrics:
+        parts.append(f"conformal 95 % LV EF intervals hold the truth for {fmt(metrics['ef_interval_coverage'])} of "
+                     f"patients (median width {fmt(metrics.get('ef_interval_width'))} pp)")
+    lines = ["### Uncertainty", "", "Test-time augmentation, predictive entropy of the mean probability (nats): "
+             + "; ".join(parts) + ".", ""]
+    for png in section.overlays:
+        if "uncertainty" in png.stem:
+            lines += [f"![uncertainty map]({png.relative_to(out).as_posix()})", ""]
     return lines
 
 

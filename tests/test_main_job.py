@@ -75,7 +75,8 @@ def test_bundle_steps_are_the_design_commands_on_held_out_data(tmp_path):
     assert steps[2].argv == run + ["bundles/eye/configs/train.json", "--dataset_dir", data, "--output_dir", runs] \
         + tracking
     assert steps[3].argv == run + ["['bundles/eye/configs/train.json','bundles/eye/configs/evaluate.json']",
-                                   "--dataset_dir", heldout, "--output_dir", runs] + tracking
+                                   "--dataset_dir", heldout, "--output_dir", runs] + tracking \
+        + ["--uncertainty", "true"]  # the eye's evaluate shows the report's uncertainty map (issue 15)
     assert steps[4].argv == run + ["bundles/eye/configs/inference.json", "--input_dir",
                                    str(Path(heldout) / "test" / "images"), "--output_dir", runs]
     assert steps[2].log == tmp_path / "logs" / "eye_train.log"

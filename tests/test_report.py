@@ -211,3 +211,22 @@ def test_tracked_breast_evaluate_puts_its_reliability_diagram_in_the_report(tiny
     assert "ECE " in calibration and "labels at threshold " in calibration
     prediction_overlays = text[text.index("### Prediction overlays"):] if "### Prediction overlays" in text else ""
     assert "reliability" not in prediction_overlays
+
+
+def test_uncertainty_lines_show_the_measures_and_the_map(tmp_path):
+    from types import SimpleNamespace
+
+    from common.report import BundleSection, render, uncertainty_lines
+
+    run = SimpleNamespace(data=SimpleNamespace(metrics={"dice": 0.7, "uncertainty_error_auc": 0.83,
+                                                        "uncertainty_case_spearman": 0.4}),
+                          info=SimpleNamespace(run_name="ev", run_id="1"))
+    maps = [tmp_path / "e" / "overlays" / "01_test_uncertainty.png", tmp_path / "e" / "overlays" / "01_overlay.png"]
+    section = BundleSection("eye", evaluate_run=run, key_metric="dice", overlays=maps)
+    text = "\n".join(uncertainty_lines(section, tmp_path))
+    assert "voxel error AUC 0.83" in text and "1 - dice: 0.4" in text
+    assert "![uncertainty map](e/overlays/01_test_uncertainty.png)" in text and "01_overlay" not in text
+    report = render([section], "sqlite:///x.db", tmp_path)
+    assert report.count("01_test_uncertainty.png") == 1  # under "Uncertainty", not again under the overlays
+    assert uncertainty_lines(BundleSection("brain", evaluate_run=SimpleNamespace(
+        data=SimpleNamespace(metrics={"mean_dice": 0.8}))), tmp_path) == []

@@ -5,6 +5,8 @@ Each case folder ``I/<case>/<case>_{t1,t1ce,t2,flair}.nii.gz`` (labels, if prese
 shape, affine and voxel size. ``inference.json`` runs MONAI's evaluator over them (:mod:`common.inference`): a case
 with a bad input is reported and skipped, the others are still predicted, and the run then fails naming every bad
 case. Files are written atomically.
+With ``--uncertainty true`` each case also gets ``<case>_uncertainty.nii.gz`` (float32, nats) and
+``<output_dir>/uncertainty.csv`` one row (:mod:`common.uncertainty`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from common.inference import output_path
 from common.inputs import folders_only, list_input_folder
 from common.io import save_nifti
+from common.uncertainty import case_score, write_entropy_nifti, write_uncertainty_csv
 
 from .data import case_item, validate_items
 
@@ -49,9 +52,25 @@ def case_items(case_dir: Path) -> dict[str, Any]:
     return {**item, "reference": item["image"][0]}
 
 
-def write_case(case: dict[str, Any], output_dir: str) -> str:
+def write_uncertainty(case: str, uncertainty: Any, label: np.ndarray, reference: Any, folder: Path,
+                      band: int = 2) -> dict[str, Any]:
+    """Write ``<case>_uncertainty.nii.gz`` (float32, nats, the input's geometry) into ``folder``; return the case's
+    ``uncertainty.csv`` row (mean entropy over the predicted tumour and a ``band``-voxel boundary band).
+
+    Args:
+        uncertainty: ``(H, W, D)`` (or ``(1, H, W, D)``) entropy in nats: the sum of the three regions' binary
+            entropies of the TTA mean probability (:class:`common.uncertainty.PredictiveEntropyd`).
+        label: ``(H, W, D)`` BraTS labels; the foreground is ``label > 0``.
+    """
+    h = np.asarray(torch.as_tensor(uncertainty).detach().cpu().numpy(), dtype=np.float32).reshape(label.shape)
+    write_entropy_nifti(h, reference, folder / f"{case}_uncertainty.nii.gz")
+    return {"case": case, "uncertainty_score": case_score(h, label > 0, band), "band_voxels": band, "unit": "nats"}
+
+
+def write_case(case: dict[str, Any], output_dir: str) -> dict[str, Any] | None:
     """Write one case's label map (``pred``, 1HWD after ``postprocessing``) as ``<case>_pred.nii.gz`` in the T1
-    file's geometry; returns the path.
+    file's geometry, and with uncertainty on (an ``uncertainty`` entry, 1HWD nats) ``<case>_uncertainty.nii.gz``
+    beside it; returns the case's ``uncertainty.csv`` row, or None without uncertainty.
 
     Raises:
         RuntimeError: the label map's shape differs from the input's (never written).
@@ -65,4 +84,11 @@ def write_case(case: dict[str, Any], output_dir: str) -> str:
     path = output_path(output_dir, f"{case['case']}_pred.nii.gz")
     save_nifti(label, reference.affine, path, header=reference.header)
     logger.info("%s: %s", case["case"], path)
-    return str(path)
+    if case.get("uncertainty") is None:
+        return None
+    return write_uncertainty(str(case["case"]), case["uncertainty"], label, reference, path.parent)
+
+
+def finish(rows: list[dict[str, Any]], output_dir: str) -> None:
+    """Write ``<output_dir>/uncertainty.csv`` (one row per predicted case; only with uncertainty on: the rows)."""
+    write_uncertainty_csv(output_dir, rows)

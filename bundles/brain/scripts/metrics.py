@@ -118,3 +118,14 @@ class CaseRows:
                              class_names={1: "NCR", 2: "ED", 4: "ET"})
         except Exception as e:  # noqa: BLE001 - an overlay is a picture for the report, never a reason to fail
             logger.warning("overlay for %s not written: %s", row["case"], e)
+
+
+def uncertainty_arrays(batch: Any, output: Any) -> dict[str, Any]:
+    """``item_arrays`` of ``common.uncertainty.UncertaintyCaseRows``: one case's entropy (HWD, nats), wrong voxels
+    (any of TC/WT/ET differs from the label file ``label_path``), tumour in truth or prediction, predicted tumour."""
+    from common.geometry import load
+
+    truth = labels_to_regions(np.asarray(load(str(batch["label_path"])).dataobj).astype(np.int16)).astype(bool)
+    pred = np.asarray(torch.as_tensor(output["pred"]).detach().cpu().numpy() > 0.5)
+    return {"case": str(batch["case"]), "uncertainty": torch.as_tensor(output["uncertainty"])[0].cpu().numpy(),
+            "wrong": (pred != truth).any(0), "foreground": (pred | truth).any(0), "predicted": pred.any(0)}

@@ -182,3 +182,12 @@ class CaseRows:
                          f"{self.overlay_dir}/{patient}_ED_slice{z}.png", title=f"{patient} ED, slice {z}",
                          class_names={1: "RV", 2: "MYO", 3: "LV"})
         self.written += 1
+
+
+def uncertainty_arrays(batch: Mapping[str, Any], output: Mapping[str, Any]) -> dict[str, Any]:
+    """``item_arrays`` of ``common.uncertainty.UncertaintyCaseRows``: one frame's entropy, wrong voxels (predicted
+    class differs from the true one), truth-or-prediction heart, predicted heart, and its patient and phase."""
+    pred, gt = output["pred"].argmax(0).cpu().numpy(), output["label"].argmax(0).cpu().numpy()
+    return {"case": str(batch["patient"]), "phase": str(batch["phase"]),
+            "uncertainty": output["uncertainty"][0].cpu().numpy(), "wrong": pred != gt,
+            "foreground": (pred > 0) | (gt > 0), "predicted": pred > 0}

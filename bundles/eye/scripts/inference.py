@@ -7,7 +7,9 @@ others; the run then fails naming every failed file (non-zero exit).
 Outputs, under ``<output_dir>/predictions/``, at the input's size: ``<stem>_prob.png`` (uint8, probability x 255)
 and ``<stem>_seg.png`` (uint8, vessel = 255 as in DRIVE's ``1st_manual``, background 0); both are 0 outside the FOV.
 The FOV mask is looked up as ``<stem>_mask.*`` beside the image, in ``mask/`` below or beside the image folder
-(the DRIVE layout); when there is none it is estimated from the image.
+(the DRIVE layout); when there is none it is estimated from the image. With ``--uncertainty true`` also
+``<stem>_uncertainty.png`` (entropy of the TTA mean probability, 8-bit, scale in its PNG text metadata) and
+``<output_dir>/uncertainty.csv`` (:mod:`common.uncertainty`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from common.inference import output_path
 from common.inputs import list_input_folder
 from common.io import save_png
+from common.uncertainty import case_score, write_entropy_png, write_uncertainty_csv
 
 from .data import IMAGE_SUFFIX_TEXT, IMAGE_SUFFIXES, MASK_SUFFIXES
 
@@ -86,11 +89,28 @@ def case_items(image: Path) -> dict[str, Any]:
     return {"image": str(image), "fov": find_fov(image), "case": image.stem}
 
 
-def write_case(case: dict[str, Any], output_dir: str) -> list[str]:
-    """Write one image's probability and mask PNGs; returns the written paths.
+def write_uncertainty(stem: str, uncertainty: Any, vessels: np.ndarray, path: Path, band: int = 2) -> dict[str, Any]:
+    """Write the entropy of the TTA mean vessel probability as an 8-bit PNG (scale in its text metadata,
+    :func:`common.uncertainty.write_entropy_png`; 0 outside the FOV); return the image's ``uncertainty.csv`` row
+    (mean entropy over the predicted vessels and a ``band``-pixel band around them, nats).
+
+    Args:
+        uncertainty: ``(1, H, W)`` entropy in nats (:class:`common.uncertainty.PredictiveEntropyd` of ``prob``).
+        vessels: ``(H, W)`` bool, the predicted vessel mask.
+    """
+    entropy = torch.as_tensor(uncertainty).detach().cpu()[0].numpy()
+    nats_per_level = write_entropy_png(entropy, path, channels=1, activation="sigmoid")
+    return {"case": stem, "uncertainty_score": case_score(entropy, vessels, band), "band_pixels": band,
+            "unit": "nats", "png_nats_per_level": nats_per_level}
+
+
+def write_case(case: dict[str, Any], output_dir: str) -> dict[str, Any] | None:
+    """Write one image's probability and mask PNGs, and with uncertainty on ``<stem>_uncertainty.png``; returns the
+    image's ``uncertainty.csv`` row (None without uncertainty).
 
     ``case`` holds ``prob`` (1xHxW, in [0, 1]) and ``pred`` (1xHxW, binary), both 0 outside the FOV after
-    ``postprocessing``: ``<stem>_prob.png`` is the probability x 255, ``<stem>_seg.png`` the mask as 0/255 (uint8).
+    ``postprocessing``: ``<stem>_prob.png`` is the probability x 255, ``<stem>_seg.png`` the mask as 0/255 (uint8);
+    with uncertainty also ``uncertainty`` (1xHxW, nats, 0 outside the FOV).
     """
     prob_u8 = np.round(torch.as_tensor(case["prob"]).detach().cpu()[0].numpy() * 255).astype(np.uint8)
     mask_u8 = (torch.as_tensor(case["pred"]).detach().cpu()[0].numpy() > 0).astype(np.uint8) * 255
@@ -98,4 +118,12 @@ def write_case(case: dict[str, Any], output_dir: str) -> list[str]:
     save_png(prob_u8, paths[0])
     save_png(mask_u8, paths[1])
     logger.info("%s: %s, %s", case["case"], paths[0], paths[1])
-    return [str(p) for p in paths]
+    if case.get("uncertainty") is None:
+        return None
+    return write_uncertainty(str(case["case"]), case["uncertainty"], mask_u8 > 0,
+                             output_path(output_dir, f"{case['case']}_uncertainty.png"))
+
+
+def finish(rows: list[dict[str, Any]], output_dir: str) -> None:
+    """Write ``<output_dir>/uncertainty.csv`` (one row per predicted image; only with uncertainty on: the rows)."""
+    write_uncertainty_csv(output_dir, rows)

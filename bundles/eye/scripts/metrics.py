@@ -66,3 +66,14 @@ def eye_case_rows(engine: Any, threshold: float = 0.5) -> list[dict[str, Any]]:
         row.update(fov_metrics(o["prob"], o["label"], b["fov"], threshold))
         rows.append(row)
     return rows
+
+
+def uncertainty_arrays(batch: Mapping[str, Any], output: Mapping[str, Any]) -> dict[str, Any]:
+    """``item_arrays`` of ``common.uncertainty.UncertaintyCaseRows``: one image's entropy (HW, nats), wrong pixels
+    (mask differs from the vessel label), vessels in truth or prediction, predicted vessels, and the FOV (``valid``:
+    metrics count inside it only)."""
+    pred = np.asarray(torch.as_tensor(output["pred"]).detach().cpu().numpy()[0]) > 0
+    label = np.asarray(torch.as_tensor(output["label"]).detach().cpu().numpy()[0]) > 0.5
+    fov = np.squeeze(np.asarray(torch.as_tensor(batch["fov"]).detach().cpu().numpy())) > 0
+    return {"case": str(batch.get("case")), "uncertainty": torch.as_tensor(output["uncertainty"])[0].cpu().numpy(),
+            "wrong": pred != label, "foreground": pred | label, "predicted": pred & fov, "valid": fov}
