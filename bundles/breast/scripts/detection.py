@@ -561,8 +561,8 @@ def ap50(rows: Sequence[dict]) -> float | None:
 
 def auc_malignant(rows: Sequence[dict]) -> float | None:
     """AUC of p_malignant, benign vs malignant, over the masses detected (hit at IoU >= 0.3; the best-scoring hit's
-    p_malignant); None when the detected masses are of one class only."""
-    from sklearn.metrics import roc_auc_score
+    p_malignant); None when the detected masses are of one class only (MONAI's AUC, ``common.classification``)."""
+    from common.classification import roc_auc
 
     dets, les = _tables(rows)
     y, p = [], []
@@ -573,7 +573,7 @@ def auc_malignant(rows: Sequence[dict]) -> float | None:
                 seen.add(hit)
                 y.append(lesions[hit])
                 p.append(pm)
-    return float(roc_auc_score(y, p)) if len(set(y)) == 2 else None
+    return roc_auc(y, p) if len(set(y)) == 2 else None
 
 
 class DetectionMetric:

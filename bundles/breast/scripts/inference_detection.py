@@ -23,7 +23,7 @@ from common.checkpoint import load_network_weights
 from common.inputs import list_input_folder
 from common.io import write_csv
 from common.validation import Problems, check_dir, run_each
-from scripts.data import csv_path, require_checkpoint
+from scripts.data import csv_path
 from scripts.detection import DETECTION_COLUMNS, detect, load_images, to_input_boxes
 from scripts.inference import classify_input
 
@@ -84,7 +84,7 @@ def predict(input_dir: str | os.PathLike, output_dir: str | os.PathLike, network
     """Detect masses in every input; write detections.csv (and overlays); return the CSV path.
 
     Raises:
-        FileNotFoundError: missing checkpoint (never predicts from random weights).
+        common.checkpoint.CheckpointError: missing checkpoint (never predicts from random weights).
         ValueError: ``score_threshold`` outside [0, 1].
         common.validation.DatasetError: missing or empty input folder.
         common.validation.BatchFailure: some inputs failed (the others are written); names each failed file.
@@ -94,8 +94,7 @@ def predict(input_dir: str | os.PathLike, output_dir: str | os.PathLike, network
     score_threshold = float(score_threshold)
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}.")
-    require_checkpoint(ckpt_path)
-    load_network_weights(network, ckpt_path).eval()
+    load_network_weights(network, ckpt_path).eval()  # common.checkpoint's one check: a clear CheckpointError
     items = list_inputs(input_dir)
     out = Path(str(output_dir))
     rows: list[dict[str, Any]] = []
