@@ -398,9 +398,11 @@ def merge_classes(boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, iou
 # ---------------------------------------------------------------------------------------------------------------------
 # engine steps
 # ---------------------------------------------------------------------------------------------------------------------
-def train_iteration(engine: Any, batch: list[dict]) -> dict[str, Any]:
+def train_iteration(engine: Any, batch: list[dict]) -> list[dict[str, Any]]:
     """One training step of ``engine.network`` (the detector, possibly in DistributedDataParallel) on a list batch
-    (``monai.data.utils.no_collation``); the loss is classification + box regression. Returns ``{"loss", ...}``."""
+    (``monai.data.utils.no_collation``); the loss is classification + box regression. Returns ``[{"loss", ...}]``:
+    one dict in a list, the decollated form MONAI's handlers read with ``from_engine(["loss"], first=True)``
+    (``StatsHandler``, and the ``MLFlowHandler`` that ``--tracking mlflow`` adds)."""
     net, device = engine.network, engine.state.device
     detector = unwrap(net)
     net.train()
@@ -412,8 +414,8 @@ def train_iteration(engine: Any, batch: list[dict]) -> dict[str, Any]:
     loss = losses[detector.cls_key] + losses[detector.box_reg_key]
     loss.backward()
     engine.optimizer.step()
-    return {"loss": loss.detach(), "loss_cls": losses[detector.cls_key].detach(),
-            "loss_box": losses[detector.box_reg_key].detach()}
+    return [{"loss": loss.detach(), "loss_cls": losses[detector.cls_key].detach(),
+             "loss_box": losses[detector.box_reg_key].detach()}]
 
 
 def detect(network: nn.Module, images: Sequence[Any], device: Any = "cpu") -> list[list[dict]]:
