@@ -62,6 +62,9 @@ def test_contract_files_present(area):
 
 # recorded in model.json for provenance; evaluate and inference do not use them (issue 16)
 TRAINING_ONLY = {"pretrained_ckpt", "freeze", "pretrained_lr_scale"}
+# calibration records in model.json read by a component of the same name (cardiac's `conformal` is
+# common.uncertainty.require_conformal's result, not a setting id)
+RECORDS = {"conformal"}
 MERGES = (("train",), ("train", "evaluate"), ("train", "multi_gpu_train"), ("inference",), ("synthesize",),
           ("train", "tiny"), ("train", "evaluate", "tiny"), ("train", "multi_gpu_train", "tiny"), ("inference", "tiny"),
           ("synthesize", "tiny"))
@@ -333,10 +336,10 @@ def test_training_settings_beside_the_model_reach_evaluate_and_inference(pipelin
         parser.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in names])
         parser["ckpt_path"] = str(model)
         for key, value in settings.items():
-            if key in TRAINING_ONLY:
+            if key in TRAINING_ONLY | RECORDS:
                 continue
             assert parser.get_parsed_content(key) == value, f"{area} {'+'.join(names)}: {key} != recorded {value!r}"
-        key = next(k for k in settings if k not in TRAINING_ONLY)
+        key = next(k for k in settings if k not in TRAINING_ONLY | RECORDS)
         parser = ConfigParser()
         parser.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in names])
         parser.update({"ckpt_path": str(model), key: "from the command line"})
@@ -471,7 +474,8 @@ def test_torchrun_two_processes_leave_a_model_one_process_loads(pipeline, tmp_pa
         parser.get_parsed_content("network_def").load_state_dict(state)  # strict: the recorded settings suffice
     split = json.loads((out / "splits.json").read_text()) if (out / "splits.json").is_file() else {}
     validation = split.get("validation") or split.get("val") or []
-    if len(validation) == 1:  # MONAI's DistributedSampler stopped here once (issue 13 kind 7)
+    # MONAI's DistributedSampler stopped here once (issue 13 kind 7); cardiac's one patient is two items (ED, ES)
+    if len(validation) == 1 and area != "cardiac":
         assert "validation split has 1 case(s) for 2 processes" in proc.stdout + proc.stderr, area
 
 
