@@ -98,24 +98,62 @@ def tiny_settings(area: str) -> dict:
     return json.loads((BUNDLES / area / "configs" / "tiny.json").read_text())
 
 
-def build_tiny_pipeline(area: str, work: Path) -> dict:
-    """Synthesize (seed 0), train (1 epoch), evaluate and infer once, for the bundle's first declared workflow
-    (``common.workflows``), as a Model Zoo user who downloaded the bundle runs it: from inside a renamed copy of the
-    bundle folder (``<work>/downloaded_<area>_copy``), relative ``configs/...`` paths, the default ``dataset_dir``
-    (``data/synthetic``) and ``output_dir`` (``eval``), ``tiny.json`` merged last. Inference runs WITHOUT tiny.json
-    into ``pred``: the trained (tiny) network and preprocessing must come from ``eval/models/model.json`` alone (only
-    inference-only knobs that training does not record, e.g. a heat-map stride, are passed).
+def pipeline_workflows() -> list[tuple[str, str]]:
+    """Every ``(area, workflow)`` pair that the bundles' ``metadata.json`` declare (``common.workflows``), bundles by
+    name, each bundle's workflows in their declared order (its first is its main one): what the conformance tests
+    run end to end, discovered, never listed by hand."""
+    from common.workflows import bundle_areas, bundle_workflows
 
-    Returns ``{"area", "work", "copy", "data", "out", "pred", "tiny", "repo_files_before", "logs": {step: process}}``.
-    Shared by the conformance harness and the bundle's own tests through the session fixture ``tiny_pipeline``:
-    treat it as read-only (write elsewhere, with ``--ckpt_path``).
+    return [(area, flow.name) for area in bundle_areas(BUNDLES) for flow in bundle_workflows(BUNDLES / area)]
+
+
+def declared_workflow(area: str, workflow: str | None = None):
+    """The ``common.workflows.Workflow`` named ``workflow`` in ``bundles/<area>``'s metadata.json (None: the first).
+
+    Raises:
+        ValueError: the bundle declares no workflow of that name (the message lists those it declares).
     """
     from common.workflows import bundle_workflows
 
-    flow = bundle_workflows(BUNDLES / area)[0]
+    flows = bundle_workflows(BUNDLES / area)
+    if workflow is None:
+        return flows[0]
+    for flow in flows:
+        if flow.name == workflow:
+            return flow
+    raise ValueError(f"{area} declares no workflow {workflow!r} (it declares {[f.name for f in flows]})")
+
+
+def default_folders(copy: Path, train_configs: tuple[str, ...]) -> dict[str, Path]:
+    """The default ``dataset_dir`` and ``output_dir`` of a workflow's training configs in the bundle folder ``copy``
+    (``bundle_root`` = ``copy``), e.g. ``data/synthetic`` and ``eval``, or ``data/synthetic_detection`` and
+    ``eval/detection`` for breast's detection."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(copy / "configs" / n) for n in train_configs])
+    parser["bundle_root"] = str(copy)
+    return {key: Path(str(parser.get_parsed_content(key))) for key in ("dataset_dir", "output_dir")}
+
+
+def build_tiny_pipeline(area: str, work: Path, workflow: str | None = None) -> dict:
+    """Synthesize (seed 0), train (1 epoch), evaluate and infer once, for one workflow the bundle declares
+    (``common.workflows``; ``workflow`` None: the first), as a Model Zoo user who downloaded the bundle runs it: from
+    inside a renamed copy of the bundle folder (``<work>/downloaded_<area>_copy``), relative ``configs/...`` paths,
+    the workflow's default ``dataset_dir`` (e.g. ``data/synthetic``) and ``output_dir`` (e.g. ``eval``), ``tiny.json``
+    merged last. Inference runs WITHOUT tiny.json into ``pred``: the trained (tiny) network and preprocessing must
+    come from ``<output_dir>/models/model.json`` alone (only inference-only knobs that training does not record, e.g.
+    a heat-map stride or breast detection's ``score_threshold``, are passed).
+
+    Returns ``{"area", "workflow", "flow", "work", "copy", "data", "out", "pred", "tiny", "repo_files_before",
+    "logs": {step: process}}``. Shared by the conformance harness and the bundle's own tests through the session
+    fixture ``tiny_pipeline``: treat it as read-only (write elsewhere, with ``--ckpt_path``).
+    """
+    flow = declared_workflow(area, workflow)
     repo_files_before = files_under(BUNDLES / area)
     copy = copy_bundle(area, work / f"downloaded_{area}_copy")
-    data, out, pred = copy / "data" / "synthetic", copy / "eval", copy / "pred"
+    folders = default_folders(copy, flow.configs["train"])
+    data, out, pred = folders["dataset_dir"], folders["output_dir"], copy / "pred"
     tiny = tiny_settings(area)
 
     def configs(step: str, with_tiny: bool = True) -> str:
@@ -131,12 +169,13 @@ def build_tiny_pipeline(area: str, work: Path) -> dict:
         inference_ids |= set(json.loads((BUNDLES / area / "configs" / name).read_text()))
     knobs = [arg for key, value in tiny.items() if key in inference_ids and key not in recorded
              for arg in (f"--{key}", json.dumps(value))]
-    input_dir = "data/synthetic" + (f"/{flow.inference_input}" if flow.inference_input else "")
+    input_dir = data.relative_to(copy).as_posix() + (f"/{flow.inference_input}" if flow.inference_input else "")
     logs["inference"] = run_monai_bundle(["run", "--config_file", configs("inference", with_tiny=False),
                                           "--input_dir", input_dir, "--output_dir", "pred",
-                                          "--ckpt_path", "eval/models/model.pt", *knobs], cwd=copy)
-    return {"area": area, "work": work, "copy": copy, "data": data, "out": out, "pred": pred, "tiny": tiny,
-            "repo_files_before": repo_files_before, "logs": logs}
+                                          "--ckpt_path", (out / "models" / "model.pt").relative_to(copy).as_posix(),
+                                          *knobs], cwd=copy)
+    return {"area": area, "workflow": flow.name, "flow": flow, "work": work, "copy": copy, "data": data, "out": out,
+            "pred": pred, "tiny": tiny, "repo_files_before": repo_files_before, "logs": logs}
 
 
 def _evict_scripts() -> None:

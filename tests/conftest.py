@@ -19,7 +19,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 import pytest  # noqa: E402
 from filelock import FileLock  # noqa: E402
 
-from bundle_harness import build_tiny_pipeline, import_bundle_module, run_monai_bundle
+from bundle_harness import build_tiny_pipeline, declared_workflow, import_bundle_module, run_monai_bundle
 
 
 @pytest.fixture
@@ -36,8 +36,10 @@ def run_bundle():
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory):
-    """``tiny_pipeline(area)``: one tiny synthesize -> train -> evaluate -> infer run per bundle, made on first use
-    and shared by every test module of the session (see ``bundle_harness.build_tiny_pipeline``; read-only).
+    """``tiny_pipeline(area, workflow=None)``: one tiny synthesize -> train -> evaluate -> infer run per declared
+    workflow of a bundle (``workflow`` None: its first, e.g. ``tiny_pipeline("breast")`` is breast's classification,
+    ``tiny_pipeline("breast", "detection")`` its detection), made on first use and shared by every test module of the
+    session (see ``bundle_harness.build_tiny_pipeline``; read-only).
 
     Under pytest-xdist the run is shared by all workers too: the first worker to ask builds it under a file lock in
     the session's common temporary folder and leaves its description beside it; the others wait and read it."""
@@ -46,24 +48,25 @@ def tiny_pipeline(tmp_path_factory):
     if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent  # <basetemp>/popen-gw0 -> <basetemp>, common to every worker of this session
 
-    def get(area: str) -> dict:
-        if area not in made:
-            description, failed = shared / f"{area}_pipeline.pickle", shared / f"{area}_pipeline.failed"
-            with FileLock(str(shared / f"{area}_pipeline.lock")):
+    def get(area: str, workflow: str | None = None) -> dict:
+        key = f"{area}_{declared_workflow(area, workflow).name}"
+        if key not in made:
+            description, failed = shared / f"{key}_pipeline.pickle", shared / f"{key}_pipeline.failed"
+            with FileLock(str(shared / f"{key}_pipeline.lock")):
                 if failed.is_file():  # built once and failed: every later test says why, at no cost
-                    pytest.fail(f"the shared tiny {area} pipeline failed earlier in this session:\n"
+                    pytest.fail(f"the shared tiny {key} pipeline failed earlier in this session:\n"
                                 f"{failed.read_text()}", pytrace=False)
                 if description.is_file():
-                    made[area] = pickle.loads(description.read_bytes())
+                    made[key] = pickle.loads(description.read_bytes())
                 else:
-                    work = shared / f"{area}_pipeline"
+                    work = shared / f"{key}_pipeline"
                     work.mkdir()
                     try:
-                        made[area] = build_tiny_pipeline(area, work)
+                        made[key] = build_tiny_pipeline(area, work, workflow)
                     except BaseException as e:
                         failed.write_text(str(e)[-8000:] or type(e).__name__)
                         raise
-                    description.write_bytes(pickle.dumps(made[area]))
-        return made[area]
+                    description.write_bytes(pickle.dumps(made[key]))
+        return made[key]
 
     return get

@@ -2,14 +2,16 @@
 
 For each bundle, in subprocesses (each bundle's ``scripts`` package needs its own interpreter), from a renamed copy of
 the bundle folder outside the repository, with relative paths, as a Model Zoo user who downloaded one bundle runs it:
-synthesize → train (1 epoch, tiny) → evaluate → inference, for the first workflow the bundle's ``metadata.json``
-declares, with ``configs/tiny.json`` merged last (inference: without it, the training settings come from
-``models/model.json``) and the data and outputs at their defaults under ``bundle_root``; every output must land inside
-the copy. That run is made once per bundle and shared with the bundle's own tests (``tiny_pipeline`` in conftest.py).
-Then the outputs are checked for their documented form, MONAI's property checks and ``verify_net_in_out`` are run on
-the copy, the declared network output (channels, value range) is compared with a forward pass, and the TorchScript
-export command printed in the model card is run as printed from the repository root and from the copy, its output
-compared with the eager network's. New bundle folders are picked up without edits.
+synthesize → train (1 epoch, tiny) → evaluate → inference, for every workflow the bundle's ``metadata.json`` declares
+(``common.workflows``; e.g. breast's classification and detection), with ``configs/tiny.json`` merged last
+(inference: without it, the training settings come from ``models/model.json``) and the data and outputs at the
+workflow's defaults under ``bundle_root``; every output must land inside the copy. That run is made once per workflow
+and shared with the bundle's own tests (``tiny_pipeline`` in conftest.py). Then the outputs are checked for their
+documented form, MONAI's train and inference property checks are run on the copy, and a 2-process torchrun training
+is run, per workflow; per bundle, ``verify_net_in_out`` is run, the declared network output (channels, value range) is
+compared with a forward pass, and the TorchScript export command printed in the model card is run as printed from the
+repository root and from the copy, its output compared with the eager network's. New bundle folders and new declared
+workflows are picked up without edits.
 """
 
 from __future__ import annotations
@@ -32,22 +34,34 @@ from bundle_harness import (
     bundle_in_process,
     files_under,
     import_bundle_module,
+    pipeline_workflows,
     run_monai_bundle,
     tiny_settings,
 )
 
 AREAS = (sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "metadata.json").is_file())
          if BUNDLES.is_dir() else [])
+#: every (area, workflow) pair the bundles declare in metadata.json: what the end-to-end tests run
+WORKFLOWS = pipeline_workflows()
+WORKFLOW_IDS = [f"{area}-{workflow}" for area, workflow in WORKFLOWS]
 CONTRACT_FILES = ("metadata.json", "train.json", "evaluate.json", "inference.json", "multi_gpu_train.json",
                   "synthesize.json", "logging.conf", "tiny.json")
 
 pytestmark = pytest.mark.skipif(not AREAS, reason="no bundle in bundles/ yet")
 
 
-@pytest.fixture(scope="module", params=AREAS)
+@pytest.fixture(scope="module", params=WORKFLOWS, ids=WORKFLOW_IDS)
 def pipeline(request, tiny_pipeline):
-    """Synthesize, train, evaluate and infer once per bundle inside a renamed copy of the bundle folder outside the
-    repository, with relative paths and the default ``dataset_dir``/``output_dir`` (shared with the bundle's tests)."""
+    """Synthesize, train, evaluate and infer once per declared workflow of each bundle inside a renamed copy of the
+    bundle folder outside the repository, with relative paths and the workflow's default ``dataset_dir``/``output_dir``
+    (shared with the bundle's tests)."""
+    return tiny_pipeline(*request.param)
+
+
+@pytest.fixture(scope="module", params=AREAS)
+def main_pipeline(request, tiny_pipeline):
+    """The shared run of each bundle's first (main) workflow, for what a bundle has once whatever its workflows: the
+    network ``metadata.json`` describes and the model card's export command."""
     return tiny_pipeline(request.param)
 
 
@@ -60,8 +74,9 @@ def test_contract_files_present(area):
         assert (BUNDLES / area / name).is_file(), f"{area}: missing {name}"
 
 
-# recorded in model.json for provenance; evaluate and inference do not use them (issue 16)
-TRAINING_ONLY = {"pretrained_ckpt", "freeze", "pretrained_lr_scale"}
+# recorded in model.json for provenance; evaluate and inference do not use them (issue 16; `workflow`: which declared
+# workflow trained the model, e.g. breast's "detection")
+TRAINING_ONLY = {"pretrained_ckpt", "freeze", "pretrained_lr_scale", "workflow"}
 # calibration records in model.json read by a component of the same name (cardiac's `conformal` is
 # common.uncertainty.require_conformal's result, not a setting id)
 RECORDS = {"conformal"}
@@ -238,17 +253,17 @@ def test_train_properties_and_outputs(pipeline, tmp_path):
     with its data; the bundle's ``scripts`` made importable as ``run`` would."""
     from monai.bundle import ConfigWorkflow
 
-    copy = pipeline["copy"]
+    copy, flow = pipeline["copy"], pipeline["flow"]
     model = pipeline["out"] / "models" / "model.pt"
     assert model.is_file() and model.stat().st_size > 0, "train wrote no models/model.pt"
     with bundle_in_process(copy):
-        configs = [str(copy / "configs" / "train.json"), str(copy / "configs" / "tiny.json")]
+        configs = [str(copy / "configs" / n) for n in (*flow.configs["train"], "tiny.json")]
         workflow = ConfigWorkflow(config_file=configs, meta_file=str(copy / "configs" / "metadata.json"),
                                   logging_file=False, workflow_type="train", bundle_root=str(copy),
                                   output_dir=str(tmp_path))
         workflow.initialize()
         missing = workflow.check_properties()
-    assert missing == [], f"train.json fails MONAI's train property check: {missing}"
+    assert missing == [], f"{flow.configs['train']} fail MONAI's train property check: {missing}"
 
 
 #: bundles whose inference.json is not yet the evaluator form (issue 19 item 2): their checks are strict xfails
@@ -264,19 +279,29 @@ def _not_converted(area: str, request) -> None:
                                               "not a MONAI evaluator over a dataset (issue 19 item 2)"))
 
 
-@pytest.mark.parametrize("area", AREAS)
-def test_inference_entry_is_one_form(area, request):
-    """Issue 14 (row "inference entry") and 19: every inference.json is the Model Zoo's form: a ``dataset`` over the
-    inputs listed from ``--input_dir`` (``common.inference.InputCases`` over ``scripts.inference.list_inputs``) with
-    the bundle's ``preprocessing``, a ``dataloader`` of one case per iteration (or, where the items are an input's
-    same-sized patches, ``InputCases(grouped=True)`` batched by ``batch_size`` through
-    ``common.inference.collate_cases``, with the ``CaseWriter``'s ``finish_input``), the ``evaluator``
-    (``common.inference.InferenceEvaluator``) with ``inferer``, ``postprocessing`` and ``handlers`` (the per-case
-    ``common.inference.CaseWriter``), and ``run`` is ``$@evaluator.run()``; ``dataset_dir`` is ``input_dir``."""
+@pytest.mark.parametrize(("area", "workflow"), WORKFLOWS, ids=WORKFLOW_IDS)
+def test_inference_entry_is_one_form(area, workflow, request):
+    """Issue 14 (row "inference entry"), 19 and 20: the inference config of every declared workflow is the Model
+    Zoo's form: a ``dataset`` over the inputs listed from ``--input_dir`` (``common.inference.InputCases`` over
+    ``scripts.inference.list_inputs``) with the workflow's ``preprocessing``, a ``dataloader`` of one case per
+    iteration (or, where the items are an input's same-sized patches, ``InputCases(grouped=True)`` batched by
+    ``batch_size`` through ``common.inference.collate_cases``, with the ``CaseWriter``'s ``finish_input``), the
+    ``evaluator`` (``common.inference.InferenceEvaluator``) with ``inferer``, ``postprocessing`` and ``handlers`` (the
+    per-case ``common.inference.CaseWriter``), and ``run`` is ``$@evaluator.run()``; ``dataset_dir`` is
+    ``input_dir``. The main workflow's network runs through the ``backend`` id; a further workflow whose network
+    returns no tensor to export (breast detection: box lists per image) has no ``backend`` and runs it eagerly."""
+    from common.workflows import bundle_workflows
+
     _not_converted(area, request)
-    config = json.loads((BUNDLES / area / "configs" / "inference.json").read_text())
-    missing = [k for k in INFERENCE_IDS if k not in config]
-    assert not missing, f"{area}: inference.json lacks {missing}"
+    flows = bundle_workflows(BUNDLES / area)
+    flow = next(f for f in flows if f.name == workflow)
+    config = {}
+    for name in flow.configs["inference"]:
+        config.update(json.loads((BUNDLES / area / "configs" / name).read_text()))
+    exportable = "backend" in config
+    assert exportable or flow != flows[0], f"{area}: the main workflow's inference needs the backend id"
+    missing = [k for k in INFERENCE_IDS if k not in config and (exportable or k != "backend")]
+    assert not missing, f"{area} {workflow}: {flow.configs['inference']} lack {missing}"
     assert config["run"] == ["$@evaluator.run()"] and not config.get("initialize") and not config.get("finalize")
     assert config["dataset_dir"] == "@input_dir"
     dataset, evaluator = config["dataset"], config["evaluator"]
@@ -295,7 +320,8 @@ def test_inference_entry_is_one_form(area, request):
                                           "ckpt_path")} == {
         "val_data_loader": "@dataloader", "network": "@network", "inferer": "@inferer",
         "postprocessing": "@postprocessing", "val_handlers": "@handlers", "ckpt_path": "$str(@ckpt_path)"}
-    assert config["network"] == "$common.backends.with_backend(@network_def.to(@device), @backend)"
+    assert config["network"] == ("$common.backends.with_backend(@network_def.to(@device), @backend)" if exportable
+                                 else "$@network_def.to(@device)")
     assert [h["_target_"] for h in config["handlers"]].count("common.inference.CaseWriter") == 1
 
 
@@ -308,18 +334,18 @@ def test_inference_properties(pipeline, request):
     from monai.utils import BundleProperty, BundlePropertyConfig
 
     _not_converted(pipeline["area"], request)
-    copy = pipeline["copy"]
+    copy, flow = pipeline["copy"], pipeline["flow"]
     with bundle_in_process(copy):
-        configs = [str(copy / "configs" / "inference.json"), str(copy / "configs" / "tiny.json")]
+        configs = [str(copy / "configs" / n) for n in (*flow.configs["inference"], "tiny.json")]
         workflow = ConfigWorkflow(config_file=configs, meta_file=str(copy / "configs" / "metadata.json"),
                                   logging_file=False, workflow_type="infer", bundle_root=str(copy),
                                   ckpt_path=str(pipeline["out"] / "models" / "model.pt"))
         absent = [name for name, prop in InferProperties.items()
                   if prop.get(BundleProperty.REQUIRED) and prop[BundlePropertyConfig.ID] not in workflow.parser]
-        assert not absent, f"inference.json lacks MONAI's required inference properties {absent}"
+        assert not absent, f"{flow.configs['inference']} lack MONAI's required inference properties {absent}"
         workflow.initialize()
         missing = workflow.check_properties()
-    assert missing == [], f"inference.json fails MONAI's infer property check: {missing}"
+    assert missing == [], f"{flow.configs['inference']} fail MONAI's infer property check: {missing}"
 
 
 def test_training_settings_beside_the_model_reach_evaluate_and_inference(pipeline):
@@ -331,9 +357,9 @@ def test_training_settings_beside_the_model_reach_evaluate_and_inference(pipelin
     settings = json.loads(model.with_suffix(".json").read_text())
     tiny = pipeline["tiny"]
     assert settings and any(k in tiny for k in settings), f"{area}: model.json records none of tiny.json's ids"
-    for names in (("inference",), ("train", "evaluate")):
+    for names in (pipeline["flow"].configs["inference"], pipeline["flow"].configs["evaluate"]):
         parser = ConfigParser()
-        parser.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in names])
+        parser.read_config([str(BUNDLES / area / "configs" / n) for n in names])
         parser["ckpt_path"] = str(model)
         for key, value in settings.items():
             if key in TRAINING_ONLY | RECORDS:
@@ -341,7 +367,7 @@ def test_training_settings_beside_the_model_reach_evaluate_and_inference(pipelin
             assert parser.get_parsed_content(key) == value, f"{area} {'+'.join(names)}: {key} != recorded {value!r}"
         key = next(k for k in settings if k not in TRAINING_ONLY | RECORDS)
         parser = ConfigParser()
-        parser.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in names])
+        parser.read_config([str(BUNDLES / area / "configs" / n) for n in names])
         parser.update({"ckpt_path": str(model), key: "from the command line"})
         assert parser.get_parsed_content(key) == "from the command line"
 
@@ -431,38 +457,40 @@ def test_evaluate_outputs(pipeline):
 def test_inference_outputs(pipeline):
     pred = pipeline["pred"]
     files = list((pred / "predictions").glob("*")) if (pred / "predictions").is_dir() else []
-    tables = [p for p in (pred / "predictions.csv", pred / "clinical.csv") if p.is_file()]
+    tables = [p for p in (pred / "predictions.csv", pred / "clinical.csv", pred / "detections.csv") if p.is_file()]
     assert files or tables, f"inference wrote nothing under {pred}"
     assert not [p for p in pred.rglob(".*.tmp*")], "temporary files left behind"
 
 
 def test_torchrun_two_processes_leave_a_model_one_process_loads(pipeline, tmp_path):
-    """``multi_gpu_train.json`` over the first workflow's training configs under ``torchrun`` with 2 processes (gloo
-    on CPU), from inside the copy, fine-tuning the shared tiny model with the ``encoder`` preset frozen (issue 16's
-    ids under DDP): one validation after the last epoch whatever ``val_interval`` is, one
-    ``model.pt`` without DDP's ``module.`` prefix that the single-process inference network loads strictly, the
-    training settings beside it; a validation split smaller than the number of processes is said, not a hang."""
-    from common.workflows import bundle_workflows
-
-    area, copy = pipeline["area"], pipeline["copy"]
-    flow = bundle_workflows(copy)[0]
-    names = [*flow.configs["train"], "multi_gpu_train.json", "tiny.json"]
+    """The workflow's torchrun overlay (``multi_gpu_<train config>``: ``multi_gpu_train.json``,
+    ``multi_gpu_train_detection.json``) over its training configs under ``torchrun`` with 2 processes (gloo on CPU),
+    from inside the copy, on the shared tiny data set; where the training config has issue 16's transfer ids,
+    fine-tuning the shared tiny model with the ``encoder`` preset frozen (those ids under DDP): one validation after
+    the last epoch whatever ``val_interval`` is, one ``model.pt`` without DDP's ``module.`` prefix that the
+    single-process inference network loads strictly, the training settings beside it; a validation split smaller
+    than the number of processes is said, not a hang."""
+    area, copy, flow = pipeline["area"], pipeline["copy"], pipeline["flow"]
+    names = [*flow.configs["train"], f"multi_gpu_{flow.configs['train'][-1]}", "tiny.json"]
     out = tmp_path / "ddp"
     ids = set().union(*(json.loads((copy / "configs" / n).read_text()) for n in flow.configs["train"]))
     fewer = ["--val_fraction", 0.25] if "val_fraction" in ids else []  # 4 tiny cases: 1 validation case, 2 ranks
     pretrained = pipeline["out"] / "models" / "model.pt"  # issue 16: fine-tuning with a frozen encoder, under DDP
+    transfer = ["--pretrained_ckpt", pretrained, "--freeze", "encoder"] if "pretrained_ckpt" in ids else []
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
                 "monai.bundle"]  # --standalone: a free port, so parallel test workers never collide
     proc = run_monai_bundle(["run", "--config_file", "[" + ",".join(f"'configs/{n}'" for n in names) + "]",
-                             "--dataset_dir", "data/synthetic", "--output_dir", out, "--epochs", 1,
-                             "--val_interval", 2, *fewer, "--pretrained_ckpt", pretrained, "--freeze", "encoder"],
+                             "--dataset_dir", pipeline["data"].relative_to(copy).as_posix(), "--output_dir", out,
+                             "--epochs", 1, "--val_interval", 2, *fewer, *transfer],
                             cwd=copy, prefix=torchrun, env={"OMP_NUM_THREADS": "1"})
     models = out / "models"
     assert {"model.pt", "model.json"} <= {p.name for p in models.iterdir()}, sorted(models.iterdir())
     recorded = json.loads((models / "model.json").read_text())
     single = json.loads((pipeline["out"] / "models" / "model.json").read_text())
     assert set(single) <= set(recorded), f"{area}: rank 0 recorded less than one process: {set(single) - set(recorded)}"
-    assert recorded["pretrained_ckpt"] == str(pretrained) and recorded["freeze"] in ("encoder", ["encoder"]), recorded
+    if transfer:
+        assert recorded["pretrained_ckpt"] == str(pretrained) and recorded["freeze"] in ("encoder", ["encoder"]), \
+            recorded
     state = torch.load(models / "model.pt", map_location="cpu")
     assert not [k for k in state if k.startswith("module.")], f"{area}: DDP's module. prefix saved"
     with bundle_in_process(copy):
@@ -483,11 +511,12 @@ def test_copied_bundle_runs_and_writes_only_inside_itself(pipeline):
     """Issue 19: a bundle folder copied anywhere runs from inside with relative paths, and ``bundle_root`` is that
     folder: the synthetic data, the model, the metrics and the predictions are in the copy, nothing in the
     repository's bundle folder, nothing beside the copy."""
-    copy = pipeline["copy"]
+    copy, data, out = pipeline["copy"], pipeline["data"], pipeline["out"]
     assert sorted(p.name for p in pipeline["work"].iterdir()) == [copy.name], "something was written beside the copy"
-    assert any((copy / "data" / "synthetic").iterdir()), "synthesize wrote nothing into <copy>/data/synthetic"
-    for path in ("eval/models/model.pt", "eval/metrics.json", "eval/metrics_per_case.csv"):
-        assert (copy / path).is_file(), f"{path} is not inside the copy"
+    assert data.is_relative_to(copy) and out.is_relative_to(copy), f"default folders {data}, {out} outside {copy}"
+    assert any(data.iterdir()), f"synthesize wrote nothing into {data}"
+    for path in (out / "models" / "model.pt", out / "metrics.json", out / "metrics_per_case.csv"):
+        assert path.is_file(), f"{path} is not inside the copy"
     new_in_repo = files_under(BUNDLES / pipeline["area"]) - pipeline["repo_files_before"]
     assert not new_in_repo, f"running the copy wrote into the repository's bundle folder: {sorted(new_in_repo)[:5]}"
 
@@ -526,7 +555,7 @@ def expected_range_holds(output: torch.Tensor, declared: dict) -> str | None:
     return None
 
 
-def test_network_matches_metadata_and_printed_export_works(pipeline):
+def test_network_matches_metadata_and_printed_export_works(main_pipeline):
     """MONAI's ``verify_net_in_out`` on the copy (the Zoo's check); the declared output channels and value range
     against a forward pass of the real-size network; the model card's TorchScript export commands, exactly as printed
     (only the output and checkpoint paths replaced), from the repository root and from the copy, each giving the
@@ -534,7 +563,7 @@ def test_network_matches_metadata_and_printed_export_works(pipeline):
     from monai.bundle import ConfigParser, verify_net_in_out
     from monai.bundle.scripts import _get_fake_spatial_shape
 
-    area, copy = pipeline["area"], pipeline["copy"]
+    area, copy = main_pipeline["area"], main_pipeline["copy"]
     exports = copy / "exports"
     exports.mkdir()
     meta = json.loads((copy / "configs" / "metadata.json").read_text())

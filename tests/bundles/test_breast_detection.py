@@ -3,21 +3,24 @@
 Box extraction from ROI masks (several masses, touching masks, empty mask), the mapping of boxes from the detector's
 grid back to the input DICOM's pixels, the FROC / AP50 / AUC computation on a hand-made table, the class merge, bad
 data (mask of another size, mask without foreground, mass-free images as valid negatives), the same network from the
-three configs, and the outputs of one tiny synthesize -> train -> evaluate -> infer run (and torchrun training).
+three configs, the evaluator form of inference (the inferer's table, its mapping to input pixels, a damaged DICOM and
+an empty folder), and the outputs of the session's shared tiny synthesize -> train -> evaluate -> infer run of the
+detection workflow (``tiny_pipeline(AREA, "detection")``, which the conformance harness also checks, torchrun
+training included).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import sys
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from bundle_harness import BUNDLES, REPO, config_list, import_bundle_module, run_monai_bundle
+from bundle_harness import BUNDLES, config_list, import_bundle_module, run_monai_bundle
 
 AREA = "breast"
 
@@ -186,23 +189,34 @@ def test_three_configs_build_the_same_detector(tmp_path):
     assert len({json.dumps(v, sort_keys=True) for v in built.values()}) == 1
 
 
+# --------------------------------------------------------------------------------------------- inference pieces
+def test_inferer_table_maps_back_to_input_pixels_above_the_threshold():
+    det = mod("detection")
+    found = [[{"box": [10.0, 20.0, 30.0, 40.0], "score": 0.9, "label": "malignant", "p_malignant": 0.8},
+              {"box": [-10.0, -10.0, -2.0, -2.0], "score": 0.7, "label": "benign", "p_malignant": 0.1},
+              {"box": [0.0, 0.0, 5.0, 5.0], "score": 0.2, "label": "benign", "p_malignant": 0.3}], []]
+    table = det.detection_table(found)
+    assert table.shape == (2, 3, 7) and table.dtype == torch.float64
+    assert torch.isnan(table[1]).all()  # the second image has no detection: padding only
+    assert det.table_detections(table[0]) == found[0] and det.table_detections(table[1]) == []
+    case = {"pred": table[0], "input_shape": [512, 384], "grid_shape": [256, 192]}
+    # grid rows 10..30, cols 20..40 at half size -> input y 20..60, x 40..80; the second box lies wholly outside the
+    # image (clipped to nothing: dropped); the third scores below 0.3
+    assert det.InputDetectionsd(0.3)(case)["pred"] == [
+        {"x_min": 40.0, "y_min": 20.0, "x_max": 80.0, "y_max": 60.0, "label": "malignant", "score": 0.9,
+         "p_malignant": 0.8}]
+    assert len(det.InputDetectionsd(0.0)(case)["pred"]) == 2
+    with pytest.raises(ValueError, match="score_threshold must be in"):
+        det.InputDetectionsd(1.5)
+
+
 # --------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> dict:
-    """synthesize (tiny.json sizes) -> train 1 epoch -> evaluate -> infer, through the bundle commands."""
-    work = tmp_path_factory.mktemp("det_run")
-    data, out, pred = work / "data", work / "out", work / "pred"
-    env = {"OMP_NUM_THREADS": "1"}
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "synthesize_detection", "tiny"),
-                      "--dataset_dir", data], env=env)
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "train_detection", "tiny"), "--dataset_dir", data,
-                      "--output_dir", out], env=env)
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "train_detection", "evaluate_detection", "tiny"),
-                      "--dataset_dir", data, "--output_dir", out], env=env)
-    infer = run_monai_bundle(["run", "--config_file", config_list(AREA, "inference_detection"),
-                              "--input_dir", data, "--output_dir", pred, "--ckpt_path", out / "models" / "model.pt",
-                              "--score_threshold", 0.0], env=env)
-    return {"data": data, "out": out, "pred": pred, "infer": infer}
+def tiny_run(tiny_pipeline) -> dict:
+    """The session's shared tiny detection run (``bundle_harness.build_tiny_pipeline``: synthesize with tiny.json's
+    sizes -> train 1 epoch -> evaluate -> infer with tiny.json's ``score_threshold`` 0, inside a copy of the bundle);
+    read-only."""
+    return tiny_pipeline(AREA, "detection")
 
 
 def test_tiny_run_writes_metrics_curve_detections_and_overlays(tiny_run):
@@ -220,13 +234,17 @@ def test_tiny_run_writes_metrics_curve_detections_and_overlays(tiny_run):
         reader = csv.DictReader(f)
         rows = list(reader)
     assert reader.fieldnames == ["image", "x_min", "y_min", "x_max", "y_max", "label", "score"]
-    assert rows, "score_threshold 0 keeps every detection"
+    assert rows, "score_threshold 0 (tiny.json) keeps every detection"
     images = {i["case"]: i for i in det.evaluation_cases(tiny_run["data"])}
     for row in rows:
         h, w = images[row["image"]]["input_shape"]
         x0, y0, x1, y1 = (float(row[k]) for k in ("x_min", "y_min", "x_max", "y_max"))
         assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h  # pixels of the input DICOM (160 x 128 in tiny.json)
         assert row["label"] in ("benign", "malignant") and 0.0 <= float(row["score"]) <= 1.0
+    scores = {}
+    for row in rows:
+        scores.setdefault(row["image"], []).append(float(row["score"]))
+    assert all(s == sorted(s, reverse=True) for s in scores.values()), "an image's rows are in score order"
     pngs = sorted(p.name for p in (pred / "predictions").iterdir())
     assert pngs == sorted(f"{case}_detections.png" for case in images)
 
@@ -241,26 +259,48 @@ def test_inference_without_checkpoint_is_refused_and_writes_nothing(tiny_run, tm
     assert not (tmp_path / "pred" / "detections.csv").exists()
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """The tiny.json-sized detection phantom (16 training, 8 test mammograms of 160 x 128), written in-process."""
-    tiny = json.loads((REPO / "bundles" / AREA / "configs" / "tiny.json").read_text())
-    root = tmp_path_factory.mktemp("det_tiny") / "data"
-    mod("phantom_detection").synthesize(root, num_cases=tiny["num_cases"], seed=0,
-                                        image_size=tiny["synthetic_image_size"])
-    return root
+def _evaluator(input_dir: Path, output_dir: Path, ckpt: Path, score_threshold: float):
+    """``inference_detection.json``'s evaluator, parsed in this interpreter (``run()`` detects)."""
+    from monai.bundle import ConfigParser
+
+    mod("inference")
+    mod("inference_detection")
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / AREA / "configs" / "inference_detection.json"))
+    parser.update({"bundle_root": str(BUNDLES / AREA), "input_dir": str(input_dir), "output_dir": str(output_dir),
+                   "ckpt_path": str(ckpt), "score_threshold": score_threshold})
+    return parser.get_parsed_content("evaluator")
 
 
-def test_torchrun_two_processes_train_a_loadable_detector(tiny_data, tmp_path):
-    out = tmp_path / "ddp"
-    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-              "-m", "monai.bundle"]
-    run_monai_bundle(["run", "--config_file", config_list(AREA, "train_detection", "multi_gpu_train_detection", "tiny"),
-                      "--dataset_dir", tiny_data, "--output_dir", out, "--epochs", 1], prefix=prefix,
-                     env={"OMP_NUM_THREADS": "1"})
-    assert sorted(p.name for p in (out / "models").iterdir()) == ["checkpoint_epoch=1.pt", "model.json", "model.pt"]
-    tiny = json.loads((REPO / "bundles" / AREA / "configs" / "tiny.json").read_text())
-    detector = mod("detection").build_detector(channels=tiny["channels"])
-    detector.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu"))
-    found = mod("detection").detect(detector, [torch.rand(1, 64, 64)])
-    assert isinstance(found, list) and len(found) == 1
+def test_damaged_dicom_is_named_and_the_good_image_is_written(tiny_run, tmp_path):
+    """A damaged DICOM among the inputs: the others are detected on and written, then the run fails naming it; with
+    ``score_threshold`` 1 the good image is a valid negative (a header-only table and a "no mass" overlay)."""
+    from common.validation import BatchFailure
+
+    good = next(i for i in mod("detection").evaluation_cases(tiny_run["data"]) if i["boxes"])
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "good.dcm").write_bytes(Path(good["image"]).read_bytes())
+    (folder / "damaged.dcm").write_bytes(b"this is not an image file at all\n" * 8)
+    out = tmp_path / "out"
+    failed = r"(?s)1 input\(s\) failed \(1 processed\).*damaged\.dcm.*not a readable DICOM"
+    with pytest.raises(BatchFailure, match=failed):
+        _evaluator(folder, out, tiny_run["out"] / "models" / "model.pt", 1.0).run()
+    assert (out / "detections.csv").read_text().splitlines() == [",".join(mod("detection").DETECTION_COLUMNS)]
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == ["good_detections.png"]
+    assert not list(out.rglob(".*.tmp*")), "temporary files left behind"
+
+
+def test_empty_folder_is_refused_before_anything_is_written(tiny_run, tmp_path):
+    """The folder is listed when the evaluator's dataset is built: the error (under MONAI's instantiation wrapper,
+    which ``common.errors`` looks through for the last line) names the folder and what was expected."""
+    from common.errors import root_cause
+    from common.validation import DatasetError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception) as raised:
+        _evaluator(tmp_path / "empty", tmp_path / "out", tiny_run["out"] / "models" / "model.pt", 0.3)
+    cause = root_cause(raised.value)
+    assert isinstance(cause, DatasetError), repr(raised.value)
+    assert re.search(r"empty: no \*\.dcm file and no mass_case_description_.* to detect on", str(cause)), str(cause)
+    assert not (tmp_path / "out").exists()

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.inferers import Inferer
 from torch import nn
 
 from common.checkpoint import unwrap
@@ -426,6 +427,72 @@ def detect(network: nn.Module, images: Sequence[Any], device: Any = "cpu") -> li
         outs = detector([torch.as_tensor(i).float().to(device) for i in images])
     return [merge_classes(o[detector.target_box_key].cpu().numpy(), o[detector.target_label_key].cpu().numpy(),
                           o[detector.pred_score_key].cpu().numpy()) for o in outs]
+
+
+#: the columns of a :class:`DetectionInferer` table row (grid pixels; ``class`` indexes :data:`CLASS_NAMES`)
+TABLE_COLUMNS = ("row_min", "col_min", "row_max", "col_max", "score", "class", "p_malignant")
+
+
+def detection_table(found: Sequence[Sequence[dict]]) -> torch.Tensor:
+    """:func:`detect`'s detections of B images as one float64 tensor ``(B, N, 7)`` of :data:`TABLE_COLUMNS` rows in
+    score order (N = the most detections of any image; the rows past an image's own count are NaN)."""
+    width = max((len(dets) for dets in found), default=0)
+    table = torch.full((len(found), width, len(TABLE_COLUMNS)), float("nan"), dtype=torch.float64)
+    for b, dets in enumerate(found):
+        for k, d in enumerate(dets):
+            table[b, k] = torch.tensor([*d["box"], d["score"], CLASS_NAMES.index(d["label"]), d["p_malignant"]],
+                                       dtype=torch.float64)
+    return table
+
+
+def table_detections(table: Any) -> list[dict]:
+    """One image's :func:`detection_table` ``(N, 7)`` back to :func:`merge_classes` dicts (NaN rows dropped)."""
+    rows = np.asarray(torch.as_tensor(table).detach().cpu(), dtype=np.float64).reshape(-1, len(TABLE_COLUMNS))
+    return [{"box": r[:4].tolist(), "score": float(r[4]), "label": CLASS_NAMES[int(r[5])], "p_malignant": float(r[6])}
+            for r in rows[~np.isnan(rows[:, 4])]]
+
+
+class DetectionInferer(Inferer):
+    """:func:`detect` as a MONAI inferer (the ``inferer`` of ``inference_detection.json``'s evaluator).
+
+    ``inputs``: ``(B, 1, h, w)`` images on the detector's grid; returns :func:`detection_table` ``(B, N, 7)``
+    (float64, grid pixels, row/col order): a tensor, so that the evaluator's decollation gives each case its own
+    ``(N, 7)`` table in ``pred`` (read by :class:`InputDetectionsd`).
+    """
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return detection_table(detect(network, list(inputs), inputs.device))
+
+
+class InputDetectionsd:
+    """Postprocessing of one case of detection inference: the :class:`DetectionInferer` table in ``pred`` (grid
+    pixels) becomes the list of detections scoring >= ``score_threshold``, in pixels of the input DICOM
+    (:func:`to_input_boxes` with the case's ``input_shape`` and ``grid_shape``: clipped to the image, DICOM
+    convention x = column), each ``{"x_min", "y_min", "x_max", "y_max", "label", "score", "p_malignant"}``, in score
+    order; a box with nothing left inside the image is dropped. An image without one is a valid negative (``[]``).
+
+    Raises:
+        ValueError: ``score_threshold`` outside [0, 1] (when constructed, before any input is read).
+    """
+
+    def __init__(self, score_threshold: float = 0.3) -> None:
+        self.score_threshold = float(score_threshold)
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}.")
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        kept = []
+        for det in table_detections(d["pred"]):
+            if det["score"] < self.score_threshold:
+                continue
+            x0, y0, x1, y1 = to_input_boxes(np.asarray(det["box"])[None], d["input_shape"], d["grid_shape"])[0]
+            if x1 <= x0 or y1 <= y0:
+                continue  # nothing of the box left inside the image
+            kept.append({"x_min": float(x0), "y_min": float(y0), "x_max": float(x1), "y_max": float(y1),
+                         "label": det["label"], "score": det["score"], "p_malignant": det["p_malignant"]})
+        d["pred"] = kept
+        return d
 
 
 def image_row(case: str, detections: list[dict], gt_boxes: np.ndarray, gt_labels: Sequence[int]) -> dict[str, Any]:

@@ -47,16 +47,21 @@ def classify_input(entry: Path) -> tuple[str, str]:
     return "skip", "not a DICOM file (no .dcm suffix, no DICOM preamble)"
 
 
-def list_inputs(input_dir: str | os.PathLike, crop_source: str = "cropped") -> list[dict[str, Any]]:
-    """Inputs: every DICOM file directly in ``input_dir`` (``*.dcm`` in any case, or any file with the DICOM
-    preamble; case = file stem; every other entry is named in a warning), or, for a CBIS-DDSM folder (one with the
-    mass CSVs and no DICOM file at its top), the ROI crops its test CSV (else its train CSV) names (case = CBIS-DDSM
-    ROI folder name; ``pathology`` is ignored; a row whose files cannot be resolved is an error naming the row).
+def list_inputs(input_dir: str | os.PathLike, crop_source: str = "cropped",
+                full_mammograms: bool = False) -> list[dict[str, Any]]:
+    """Inputs ``{"case", "image", ...}``: every DICOM file directly in ``input_dir`` (``*.dcm`` in any case, or any
+    file with the DICOM preamble; case = file stem; every other entry is named in a warning), or, for a CBIS-DDSM
+    folder (one with the mass CSVs and no DICOM file at its top), what its test CSV (else its train CSV) names:
+    the ROI crops (case = CBIS-DDSM ROI folder name; ``pathology`` is ignored; a row whose files cannot be resolved
+    is an error naming the row), or with ``full_mammograms`` (the detection workflow) the full mammograms, one item
+    each ``{"case", "image"}`` (case = CBIS-DDSM image folder, e.g. ``Mass-Test_P_00016_LEFT_CC``; mass-free images of
+    the calcification CSV included; rows checked as :func:`scripts.detection.load_images` checks them).
 
     Raises:
         common.validation.DatasetError: missing folder, nothing to predict, or unresolvable CSV rows.
     """
-    problems = Problems(f"inference input folder {input_dir}")
+    what = "detection input folder" if full_mammograms else "inference input folder"
+    problems = Problems(f"{what} {input_dir}")
     if not check_dir(str(input_dir), problems, "input folder", override="--input_dir"):
         problems.raise_if_any()
     root = Path(str(input_dir))
@@ -65,10 +70,14 @@ def list_inputs(input_dir: str | os.PathLike, crop_source: str = "cropped") -> l
         return [{"case": p.stem if p.suffix.lower() in (".dcm", ".dicom") else p.name, "image": str(p)} for p in files]
     items: list[dict[str, Any]] = []
     split = "test" if csv_path(root, "test").is_file() else "train"  # a CBIS-DDSM folder: its test CSV first
-    if csv_path(root, split).is_file():
+    if csv_path(root, split).is_file() and full_mammograms:
+        from scripts.detection import load_images
+
+        items = [{"case": i["case"], "image": i["image"]} for i in load_images(root, split, problems)]
+    elif csv_path(root, split).is_file():
         items = load_split(root, split, crop_source, problems, check_files=False, need_labels=False, strict_rows=True)
-    problems.check(bool(items) or bool(problems), root,
-                   "no *.dcm file and no mass_case_description_{train,test}_set.csv to predict")
+    problems.check(bool(items) or bool(problems), root, "no *.dcm file and no mass_case_description_{train,test}"
+                   f"_set.csv to {'detect on' if full_mammograms else 'predict'}")
     problems.raise_if_any()
     return items
 
