@@ -205,7 +205,7 @@ def test_recorder_is_inert_without_monai_mlflow_handler(tmp_path):
 def test_param_values_flatten_and_stringify():
     import torch
 
-    from common.tracking import param_values
+    from common.mlflow_values import param_values
 
     got = param_values({"lr": 1e-3, "roi": [96, 96, 64], "loss": {"weights": (0.5, 0.5), "r": 0.05}, "amp": False,
                         "device": torch.device("cpu"), "network": torch.nn.Linear(1, 1), "none": None})
@@ -214,7 +214,7 @@ def test_param_values_flatten_and_stringify():
 
 
 def test_config_names_and_run_name():
-    from common.tracking import config_names, default_run_name
+    from common.mlflow_values import config_names, default_run_name
 
     argv = ["x", "run", "--config_file", "['bundles/eye/configs/train.json','bundles/eye/configs/evaluate.json']"]
     assert config_names(argv) == ["train", "evaluate"]
