@@ -213,6 +213,17 @@ def test_param_values_flatten_and_stringify():
                    "amp": "False", "device": "cpu", "none": "None"}
 
 
+def test_metric_value_takes_numbers_and_one_element_tensors_only():
+    import numpy as np
+    import torch
+
+    from common.mlflow_values import metric_value
+
+    assert [metric_value(v) for v in (3, 0.25, True, torch.tensor([0.5]), torch.tensor(0.75), np.array([[2.0]]),
+                                      np.float32(0.125))] == [3.0, 0.25, 1.0, 0.5, 0.75, 2.0, 0.125]
+    assert [metric_value(v) for v in (torch.ones(2), np.zeros(3), {"loss": 1.0}, "0.5", None)] == [None] * 5
+
+
 def test_config_names_and_run_name():
     from common.mlflow_values import config_names, default_run_name
 
