@@ -13,9 +13,9 @@ from the repository root and with exactly the commands of DESIGN.md:
 
 ``<name>`` is the bundle (``eye``) or, for a bundle with several workflows, ``<bundle>-<workflow>``. Outputs go to
 ``<out>/runs/<name>``, each step's log to ``<out>/logs/<name>_<step>.log``. At the end it prints a summary table
-(bundle, key metric with its 95 % CI, other headline metrics of ``metrics.json``, train and inference time) and
-writes the visual report (``common.report``) from the MLflow store. It exits non-zero when a bundle failed, after
-running the others.
+(bundle, key metric with its 95 % CI, other headline metrics of ``metrics.json``, train and inference time; numbers
+written by ``common.formatting`` as in the report) and writes the visual report (``common.report``) from the MLflow
+store. It exits non-zero when a bundle failed, after running the others.
 
 Usage (from the repository root)::
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import signal
@@ -42,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.formatting import duration, fmt, fmt_ci
 from common.paths import REPO_ROOT
 from common.workflows import Workflow, bundle_areas, bundle_workflows
 
@@ -214,7 +214,7 @@ def run_bundle(area: str, steps: Sequence[Step], outer: Any = None, status: Any 
             if outer is not None:
                 outer.update(len(steps) - 1 - list(steps).index(step))
             break
-        echo(f"[{area}] {step.name} done in {_duration(seconds)}")
+        echo(f"[{area}] {step.name} done in {duration(seconds)}")
     if metrics_file.is_file():
         try:
             result.metrics = json.loads(metrics_file.read_text())
@@ -228,29 +228,15 @@ def run_bundle(area: str, steps: Sequence[Step], outer: Any = None, status: Any 
 # --------------------------------------------------------------------------------------------------------------------
 # summary
 # --------------------------------------------------------------------------------------------------------------------
-def _num(value: Any) -> str:
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "n/a"
-    return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
-
-
 def headline(metrics: dict[str, Any] | None, max_others: int = 4) -> tuple[str, str]:
-    """``("dice 0.812 [0.780, 0.845]", "auc 0.951, accuracy 0.902")`` from a metrics.json object."""
+    """``("dice 0.8125 [0.78, 0.845]", "auc 0.951, accuracy 0.902")`` from a metrics.json object (DESIGN.md: the
+    ``key_metric`` name, each metric with its ``<name>_ci95`` pair; ``null`` for an undefined value)."""
     if not metrics:
         return "-", "-"
     key = metrics.get("key_metric")
-    key_text = "-"
-    if isinstance(key, str):
-        ci = metrics.get(f"{key}_ci95")
-        ci_text = f" [{_num(ci[0])}, {_num(ci[1])}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
-        key_text = f"{key} {_num(metrics.get(key))}{ci_text}"
-    others = [f"{name} {_num(value)}" for name, value in metrics.items()
+    low, high = metrics.get(f"{key}_ci95") or (None, None)
+    key_text = f"{key} {fmt(metrics.get(key))} {fmt_ci(low, high)}" if isinstance(key, str) else "-"
+    others = [f"{name} {fmt(value)}" for name, value in metrics.items()
               if name not in (key, "key_metric", "num_cases") and not name.endswith(("_ci95", "_num_undefined"))
               and (value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)))]
     text = ", ".join(others[:max_others]) + (", ..." if len(others) > max_others else "")
@@ -265,7 +251,7 @@ def format_summary(results: Sequence[BundleResult]) -> str:
         key_text, others = headline(r.metrics)
         cases = (r.metrics or {}).get("num_cases")
         rows.append((r.area, r.status, key_text, str(cases) if cases is not None else "-", others,
-                     _duration(r.seconds.get("train")), _duration(r.seconds.get("inference"))))
+                     *(duration(r.seconds[s]) if s in r.seconds else "-" for s in ("train", "inference"))))
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
     line = "+".join("-" * (w + 2) for w in widths)
     out = [f"+{line}+", "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |", f"+{line}+"]
@@ -332,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.close()
         outer.close()
     results.sort(key=lambda r: r.area)
-    print(f"\nmain job finished in {_duration(time.perf_counter() - start)}\n")
+    print(f"\nmain job finished in {duration(time.perf_counter() - start)}\n")
     print(format_summary(results))
     failed = [r.area for r in results if r.status == "failed"]
     if selected and not args.no_report:

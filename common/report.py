@@ -3,9 +3,12 @@
 Everything is read from an MLflow tracking store (``sqlite:///...`` or ``http://host:port``), never from the
 bundles' output folders, so the report shows exactly what was tracked. One section per MLflow experiment (one per
 bundle, named after the bundle): the latest training run (tag ``workflow=train``, written by
-``common.tracking.MLflowRunRecorder``) gives the learning curves, the latest evaluate run (``workflow=evaluate``)
-the metric table (``<name>``, ``<name>_ci95_low``, ``<name>_ci95_high``), and both runs' ``overlays/`` artifacts are
-copied next to the report and linked.
+``common.tracking.MLflowRunRecorder``) gives the learning curves (``train_loss`` per iteration, ``train_loss_epoch``
+and every ``val_<name>`` per epoch), the latest evaluate run (``workflow=evaluate``, tag ``key_metric``) the metric
+table (``<name>``, ``<name>_ci95_low``, ``<name>_ci95_high``), and both runs' ``overlays/`` artifacts are copied next
+to the report and linked. Runs without the recorder's ``workflow`` tag (MONAI's switch alone) are not shown: every
+bundle attaches the recorder. Numbers, CIs, units and times are written by ``common.formatting``, as in the main
+job's summary.
 
 Usage::
 
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.formatting import duration, fmt, fmt_ci, metric_unit
 from common.io import atomic_path, save_figure, write_text
 
 logger = logging.getLogger(__name__)
@@ -59,77 +63,31 @@ class BundleSection:
     overlays: list[Path] = field(default_factory=list)
 
 
-def metric_unit(name: str) -> str:
-    """The unit of a metric, guessed from its name (the bundles' naming conventions)."""
-    low = name.lower()
-    if "loss" in low:
-        return "loss (unitless)"
-    if re.search(r"(^|_)(hd|hd95|hausdorff|asd|assd|surface_distance)($|_)", low):
-        return "mm"
-    if low.endswith(("_corr", "_r", "_spearman", "_pearson")):
-        return "correlation (-1 to 1)"
-    if "coverage" in low:  # e.g. ef_interval_coverage: the share of cases inside their interval
-        return "fraction (0-1)"
-    if low.endswith("_ml") or "volume" in low:
-        return "ml"
-    if low.endswith("_pct") or re.search(r"(^|_)(lv|rv)?ef($|_)", low):  # ejection fraction errors, rvef_mae too
-        return "%"
-    if low.endswith("_g") or "mass" in low:
-        return "g"
-    return "score (0-1)"
-
-
 def slug(text: str) -> str:
     """A file-system friendly version of ``text``."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "experiment"
 
 
-def _is_train(run: Any) -> bool:
-    tag = run.data.tags.get("workflow")
-    return tag == "train" if tag else "train_loss" in run.data.metrics
-
-
-def _is_evaluate(run: Any) -> bool:
-    tag = run.data.tags.get("workflow")
-    return tag == "evaluate" if tag else any(k.endswith(CI_LOW) for k in run.data.metrics)
-
-
 def _history(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
-    points = sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key))
-    last: dict[int, float] = {}
-    for step, _, value in points:  # a step logged twice (a resumed run) keeps its latest value
-        last[step] = value
-    return sorted(last.items())
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
 def learning_curves(client: Any, run: Any) -> list[Curve]:
     """Training loss per epoch (per iteration too, when logged) and every ``val_`` metric per epoch of ``run``."""
     run_id, metrics = run.info.run_id, run.data.metrics
     curves: list[Curve] = []
-    epoch_length = _float(run.data.params.get("epoch_length"))
     if "train_loss_epoch" in metrics:
         points = _history(client, run_id, "train_loss_epoch")
         curves.append(Curve("train loss (epoch mean)", [p[0] for p in points], [p[1] for p in points],
                             "loss (unitless)"))
-    if "train_loss" in metrics and epoch_length:
+    epoch_length = float(run.data.params.get("epoch_length") or 0)  # MONAI's param: iterations per epoch
+    if "train_loss" in metrics and epoch_length > 0:
         points = _history(client, run_id, "train_loss")
         curves.append(Curve("train loss (iteration)", [p[0] / epoch_length for p in points], [p[1] for p in points],
                             "loss (unitless)"))
-        if "train_loss_epoch" not in metrics:  # MONAI's own run: average the iterations of each epoch
-            by_epoch: dict[int, list[float]] = {}
-            for step, value in points:
-                by_epoch.setdefault(int(math.ceil(step / epoch_length)), []).append(value)
-            epochs = sorted(by_epoch)
-            means = [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs]
-            curves.append(Curve("train loss (epoch mean)", epochs, means,
-                                "loss (unitless)"))
-    val_keys = sorted(k for k in metrics if k.startswith("val_") and not k.startswith("val_best_"))
-    if not val_keys and "workflow" not in run.data.tags:  # MONAI alone logs validation metrics under plain names
-        val_keys = sorted(k for k in metrics if not k.startswith(("train_", "lr_group")))
-    for key in val_keys:
+    for key in sorted(k for k in metrics if k.startswith("val_") and not k.startswith("val_best_")):
         points = _history(client, run_id, key)
-        name = key if key.startswith("val_") else f"val_{key}"
-        curves.append(Curve(name, [p[0] for p in points], [p[1] for p in points], metric_unit(name[len("val_"):])))
+        curves.append(Curve(key, [p[0] for p in points], [p[1] for p in points], metric_unit(key[len("val_"):])))
     return curves
 
 
@@ -170,29 +128,13 @@ def plot_curves(curves: Sequence[Curve], path: Path, title: str) -> Path | None:
     return path
 
 
-def _key_metric_artifact(client: Any, run: Any) -> str | None:
-    """``key_metric`` of the run's ``metrics.json`` artifact, for runs without the ``key_metric`` tag."""
-    if run.data.tags.get("key_metric"):
-        return None
-    import json
-
-    try:
-        with tempfile.TemporaryDirectory() as tmpdir:
-            local = client.download_artifacts(run.info.run_id, "metrics.json", tmpdir)
-            key = json.loads(Path(local).read_text()).get("key_metric")
-    except Exception:  # noqa: BLE001 - no such artifact (a run MONAI logged alone): fall back to the tag/first metric
-        return None
-    return key if isinstance(key, str) else None
-
-
-def evaluation_rows(run: Any, key: str | None = None
-                    ) -> tuple[list[tuple[str, float | None, float | None, float | None]], str | None]:
+def evaluation_rows(run: Any) -> tuple[list[tuple[str, float | None, float | None, float | None]], str | None]:
     """``(name, value, ci_low, ci_high)`` for every metric of an evaluate run, the key metric (the run's
-    ``key_metric`` tag, else ``key``) first."""
+    ``key_metric`` tag, else the first name) first; and that key metric."""
     metrics = run.data.metrics
     names = sorted(k for k in metrics if not k.endswith((CI_LOW, CI_HIGH)) and k != "num_cases"
                    and not k.endswith("_num_undefined"))
-    key = run.data.tags.get("key_metric") or key
+    key = run.data.tags.get("key_metric")
     if key in names:
         names.remove(key)
         names.insert(0, key)
@@ -200,34 +142,10 @@ def evaluation_rows(run: Any, key: str | None = None
     return rows, key if key in metrics else (names[0] if names else None)
 
 
-def _float(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) and out > 0 else None
-
-
-def fmt(value: float | None, digits: int = 4) -> str:
-    """A metric value for a table; ``n/a`` when undefined."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}".rstrip("0").rstrip(".") or "0"
-
-
-def fmt_ci(low: float | None, high: float | None) -> str:
-    return "n/a" if low is None or high is None else f"[{fmt(low)}, {fmt(high)}]"
-
-
-def _overlay_artifacts(client: Any, run_id: str, folder: str = "overlays") -> list[str]:
-    found, stack = [], [folder]
-    while stack:
-        for item in client.list_artifacts(run_id, stack.pop()):
-            if item.is_dir:
-                stack.append(item.path)
-            elif item.path.lower().endswith(".png"):
-                found.append(item.path)
-    return sorted(found)
+def _overlay_artifacts(client: Any, run_id: str) -> list[str]:
+    """The PNGs the recorder logged (flat) under the run's ``overlays/`` artifact folder."""
+    return sorted(item.path for item in client.list_artifacts(run_id, "overlays")
+                  if not item.is_dir and item.path.lower().endswith(".png"))
 
 
 def copy_overlays(client: Any, run: Any, dest: Path, prefix: str, limit: int = 6) -> list[Path]:
@@ -252,8 +170,8 @@ def collect(client: Any, experiment: Any, out: Path) -> BundleSection | None:
     if not runs:
         return None
     section = BundleSection(experiment.name)
-    section.train_run = next((r for r in runs if _is_train(r)), None)
-    section.evaluate_run = next((r for r in runs if _is_evaluate(r)), None)
+    section.train_run = next((r for r in runs if r.data.tags.get("workflow") == "train"), None)
+    section.evaluate_run = next((r for r in runs if r.data.tags.get("workflow") == "evaluate"), None)
     if section.train_run is None and section.evaluate_run is None:
         return None
     folder = out / slug(experiment.name)
@@ -263,8 +181,7 @@ def collect(client: Any, experiment: Any, out: Path) -> BundleSection | None:
                                          f"{experiment.name}: learning curves ({section.train_run.info.run_name})")
         section.overlays += copy_overlays(client, section.train_run, folder / "overlays", "train")
     if section.evaluate_run is not None:
-        section.metric_rows, section.key_metric = evaluation_rows(section.evaluate_run,
-                                                                  _key_metric_artifact(client, section.evaluate_run))
+        section.metric_rows, section.key_metric = evaluation_rows(section.evaluate_run)
         cases = section.evaluate_run.data.metrics.get("num_cases")
         section.num_cases = int(cases) if cases is not None else None
         section.overlays = copy_overlays(client, section.evaluate_run, folder / "overlays", "evaluate") + \
@@ -273,10 +190,8 @@ def collect(client: Any, experiment: Any, out: Path) -> BundleSection | None:
 
 
 def _duration(run: Any) -> str:
-    if run is None or not run.info.end_time:
-        return "n/a"
-    seconds = (run.info.end_time - run.info.start_time) / 1000.0
-    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
+    return duration((run.info.end_time - run.info.start_time) / 1000.0 if run is not None and run.info.end_time
+                    else None)
 
 
 def render(sections: Sequence[BundleSection], tracking_uri: str, out: Path) -> str:

@@ -95,8 +95,8 @@ def test_tiny_merges_tiny_json(tmp_path):
 
 def test_headline_and_summary_table():
     key, others = headline(EYE_METRICS)
-    assert key == "dice 0.781 [0.750, 0.810]"
-    assert others == "auc 0.953, accuracy 0.941, sensitivity 0.710, specificity 0.980, ..."
+    assert key == "dice 0.7812 [0.75, 0.81]"  # as the report's row writes it (common.formatting)
+    assert others == "auc 0.9534, accuracy 0.9411, sensitivity 0.71, specificity 0.98, ..."
     assert headline(None) == ("-", "-")
     results = [BundleResult("eye", metrics=EYE_METRICS, seconds={"train": 185.0, "inference": 7.4}),
                BundleResult("brain", "failed", "train exited with 1; log x", seconds={"synthesize": 3.0, "train": 9.0}),
@@ -105,8 +105,8 @@ def test_headline_and_summary_table():
     assert [c.strip() for c in table[1].split("|")[1:-1]] == ["bundle", "status", "key metric [95% CI]", "cases",
                                                              "other metrics", "train", "inference"]
     eye = [c.strip() for c in table[3].split("|")[1:-1]]
-    assert eye == ["eye", "ok", "dice 0.781 [0.750, 0.810]", "10",
-                   "auc 0.953, accuracy 0.941, sensitivity 0.710, specificity 0.980, ...", "3.1 min", "7 s"]
+    assert eye == ["eye", "ok", "dice 0.7812 [0.75, 0.81]", "10",
+                   "auc 0.9534, accuracy 0.9411, sensitivity 0.71, specificity 0.98, ...", "3.1 min", "7 s"]
     brain = [c.strip() for c in table[4].split("|")[1:-1]]
     assert brain == ["brain", "failed", "-", "-", "-", "9 s", "-"]
     assert len({len(line) for line in table[:6]}) == 1  # aligned columns
@@ -150,8 +150,8 @@ def test_main_runs_every_bundle_and_fails_after_all(tmp_path, monkeypatch, capsy
     assert "FAILED: breast" in printed.err
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in printed.out.splitlines() if line.startswith("| ") and "bundle" not in line}
-    assert rows["eye"][:3] == ["ok", "dice 0.781 [0.750, 0.810]", "10"]
-    assert rows["cardiac"][:4] == ["ok", "mean_dice 0.900 [0.850, 0.930]", "8", "ef_mae 4.200"]
+    assert rows["eye"][:3] == ["ok", "dice 0.7812 [0.75, 0.81]", "10"]
+    assert rows["cardiac"][:4] == ["ok", "mean_dice 0.9 [0.85, 0.93]", "8", "ef_mae 4.2"]
     assert rows["breast"][:2] == ["failed", "-"] and rows["breast"][-1] == "-"  # never reached inference
     assert rows["brain"][0] == "skipped"
     assert list(rows) == ["brain", "breast", "cardiac", "eye"]  # by name

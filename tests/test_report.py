@@ -27,7 +27,9 @@ def _png_by_matplotlib(path: Path) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """A SQLite store: a train and an evaluate run ("brain_demo"), and a MONAI-only train run ("eye_demo")."""
+    """A SQLite store as the bundles write it: a train and an evaluate run ("brain_demo"), a train run only
+    ("eye_demo", with MONAI's plain-name validation metric and learning rate beside the recorder's ``val_`` one), and
+    a run MONAI's switch logged without the recorder ("monai_only", no ``workflow`` tag: not reported)."""
     import mlflow.entities as me
     from mlflow import MlflowClient
 
@@ -69,12 +71,18 @@ def store(tmp_path_factory):
     client.set_terminated(evaluate.info.run_id, "FINISHED")
 
     eye = client.create_experiment("eye_demo", artifact_location=(root / "artifacts_eye").as_uri())
-    monai_only = client.create_run(eye, run_name="run_20250101_100000")  # no tags: what MONAI alone logs
-    client.log_batch(monai_only.info.run_id,
+    eye_train = client.create_run(eye, run_name="train seed=0 2025-01-01 10:00:00", tags={"workflow": "train"})
+    client.log_batch(eye_train.info.run_id,
                      metrics=[me.Metric("train_loss", 1.0 - 0.1 * s, now, s) for s in range(1, 2 * EPOCH_LENGTH + 1)]
-                     + [me.Metric("dice", 0.5, now, 1), me.Metric("dice", 0.7, now, 2),
-                        me.Metric("lr_group_0", 0.01, now, 1)],
+                     + [me.Metric("train_loss_epoch", 0.75, now, 1), me.Metric("train_loss_epoch", 0.35, now, 2)]
+                     + [me.Metric(name, value, now, epoch) for epoch, value in ((1, 0.5), (2, 0.7))
+                        for name in ("dice", "val_dice")] + [me.Metric("lr_group_0", 0.01, now, 1)],
                      params=[me.Param("epoch_length", str(EPOCH_LENGTH))])
+    client.set_terminated(eye_train.info.run_id, "FINISHED")
+
+    untagged = client.create_experiment("monai_only", artifact_location=(root / "artifacts_monai").as_uri())
+    monai_only = client.create_run(untagged, run_name="run_20250101_100000")  # MONAI's switch alone: no tags
+    client.log_batch(monai_only.info.run_id, metrics=[me.Metric("train_loss", 0.5, now, 1)])
     client.set_terminated(monai_only.info.run_id, "FINISHED")
     return uri
 
@@ -88,6 +96,7 @@ def test_report_from_store(store, tmp_path, capsys):
     assert str(report) in capsys.readouterr().out
     text = report.read_text()
     assert "## brain_demo" in text and "## eye_demo" in text and "## Default" not in text
+    assert "monai_only" not in text  # a run without the recorder's workflow tag is no bundle's
     # the evaluate run's table: key metric first and bold, CI from <name>_ci95_low/high, undefined cases noted
     rows = [line for line in text.splitlines() if line.startswith("| **mean_dice**") or line.startswith("| hd95")]
     assert rows == ["| **mean_dice** | 0.81 | [0.75, 0.86] |", "| hd95 | 4.5 (1 case(s) undefined) | [3, 6.25] |"]
@@ -118,12 +127,11 @@ def test_learning_curves_read_from_store(store):
     assert curves["val_hd95"].unit == "mm" and curves["val_mean_dice"].unit == "score (0-1)"
     assert curves["train loss (iteration)"].x[-1] == pytest.approx(3.0)  # iteration 12 / 4 per epoch
     eye = client.get_experiment_by_name("eye_demo")
-    monai_only = client.search_runs([eye.experiment_id])[0]
-    derived = {c.name: c for c in learning_curves(client, monai_only)}
-    assert set(derived) == {"train loss (epoch mean)", "train loss (iteration)", "val_dice"}
-    loss = derived["train loss (epoch mean)"]
-    assert loss.x == [1, 2] and loss.y == pytest.approx([1.0 - 0.25, 1.0 - 0.65])
-    assert derived["val_dice"].y == pytest.approx([0.5, 0.7])
+    eye_train = client.search_runs([eye.experiment_id])[0]
+    eye_curves = {c.name: c for c in learning_curves(client, eye_train)}  # MONAI's plain "dice", lr_group_0: no curve
+    assert set(eye_curves) == {"train loss (epoch mean)", "train loss (iteration)", "val_dice"}
+    assert eye_curves["val_dice"].y == pytest.approx([0.5, 0.7])
+    assert eye_curves["train loss (iteration)"].x == pytest.approx([s / EPOCH_LENGTH for s in range(1, 9)])
 
 
 def test_report_on_empty_store_is_a_clear_error(tmp_path):
@@ -160,17 +168,6 @@ def test_save_overlay_png_rejects_mismatched_shapes(tmp_path):
     with pytest.raises(ValueError, match="does not match the image shape"):
         save_overlay_png(np.zeros((8, 8)), np.zeros((8, 8)), np.zeros((4, 8)), tmp_path / "x.png")
     assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.parametrize("name, unit", [("ef_corr", "correlation (-1 to 1)"), ("mass_corr", "correlation (-1 to 1)"),
-                                        ("ef_mae", "%"), ("lv_edv_ml", "ml"), ("myo_mass_g", "g"), ("hd95_wt", "mm"),
-                                        ("mean_dice", "score (0-1)"), ("train_loss", "loss (unitless)"),
-                                        ("rvef_mae", "%"), ("ef_interval_width", "%"),
-                                        ("ef_interval_coverage", "fraction (0-1)"), ("ece", "score (0-1)")])
-def test_metric_units(name, unit):
-    from common.report import metric_unit
-
-    assert metric_unit(name) == unit
 
 
 def test_calibration_lines_show_ece_threshold_and_the_reliability_diagram(tmp_path):

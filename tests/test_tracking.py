@@ -205,7 +205,7 @@ def test_recorder_is_inert_without_monai_mlflow_handler(tmp_path):
 def test_param_values_flatten_and_stringify():
     import torch
 
-    from common.tracking import param_values
+    from common.mlflow_values import param_values
 
     got = param_values({"lr": 1e-3, "roi": [96, 96, 64], "loss": {"weights": (0.5, 0.5), "r": 0.05}, "amp": False,
                         "device": torch.device("cpu"), "network": torch.nn.Linear(1, 1), "none": None})
@@ -213,8 +213,19 @@ def test_param_values_flatten_and_stringify():
                    "amp": "False", "device": "cpu", "none": "None"}
 
 
+def test_metric_value_takes_numbers_and_one_element_tensors_only():
+    import numpy as np
+    import torch
+
+    from common.mlflow_values import metric_value
+
+    assert [metric_value(v) for v in (3, 0.25, True, torch.tensor([0.5]), torch.tensor(0.75), np.array([[2.0]]),
+                                      np.float32(0.125))] == [3.0, 0.25, 1.0, 0.5, 0.75, 2.0, 0.125]
+    assert [metric_value(v) for v in (torch.ones(2), np.zeros(3), {"loss": 1.0}, "0.5", None)] == [None] * 5
+
+
 def test_config_names_and_run_name():
-    from common.tracking import config_names, default_run_name
+    from common.mlflow_values import config_names, default_run_name
 
     argv = ["x", "run", "--config_file", "['bundles/eye/configs/train.json','bundles/eye/configs/evaluate.json']"]
     assert config_names(argv) == ["train", "evaluate"]
