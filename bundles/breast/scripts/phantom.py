@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from common import scanners
 from common.io import write_csv
 from scripts.dicom import write_dicom
 from scripts.transforms import crop_box
@@ -109,22 +110,11 @@ SCANNERS = {"A": {"gamma": 1.0, "blur": 0.0, "noise": 0.012},
             "C": {"gamma": 1.5, "blur": 0.0, "noise": 0.006}}
 
 
-def scanner_response(scanner: str) -> dict:
-    """The response of a simulated scanner of :data:`SCANNERS`.
-
-    Raises:
-        ValueError: an unknown scanner name (the message lists the known ones).
-    """
-    if str(scanner) not in SCANNERS:
-        raise ValueError(f"unknown scanner {scanner!r}: choose one of {sorted(SCANNERS)}")
-    return SCANNERS[str(scanner)]
-
-
 def render_case(rng: np.random.Generator, malignant: bool, view: str, shape: tuple[int, int],
                 scanner: str = "A") -> dict:
     """One mammogram with one mass: display image in [0, 1], ROI mask and CBIS-DDSM descriptors, as seen by the
     simulated ``scanner`` (:data:`SCANNERS`; the random draws do not depend on it, so scanners see the same anatomy)."""
-    response = scanner_response(scanner)
+    response = scanners.scanner_response(SCANNERS, scanner)
     density = int(rng.integers(1, 5))
     image, inner, xx, yy = breast_background(rng, shape, view, density)
     area = float(np.pi * rng.uniform(7.0, 15.0) ** 2)
@@ -226,7 +216,7 @@ def synthesize(dataset_dir: str | os.PathLike, num_cases: int = 400, seed: int =
     Raises:
         ValueError: bad sizes or fractions, or an unknown scanner.
     """
-    scanner_response(scanner)
+    scanners.scanner_response(SCANNERS, scanner)
     num_cases, seed = int(num_cases), int(seed)
     shape = (int(image_size[0]), int(image_size[1]))
     if num_cases < 2 or shape[0] < 128 or shape[1] < 96:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from common import scanners
 from common.io import write_csv
 from scripts.dicom import write_dicom
 from scripts.phantom import (
@@ -35,7 +36,6 @@ from scripts.phantom import (
     crop_box,
     dicom_encoding,
     mass_shape,
-    scanner_response,
 )
 
 MASS_COUNT_PROBS = (0.2, 0.4, 0.25, 0.15)  # P(0 masses), P(1), P(2), P(3)
@@ -68,7 +68,7 @@ def render_image(rng: np.random.Generator, pathologies: list[bool], view: str, s
                  scanner: str = "A") -> dict:
     """One mammogram: display image in [0, 1], one ROI mask per mass (bool, the image's shape), their CBIS-DDSM
     shape/margin labels, and a calcification-cluster ROI (for the calc CSV of a mass-free image)."""
-    response = scanner_response(scanner)
+    response = scanners.scanner_response(SCANNERS, scanner)
     density = int(rng.integers(1, 5))
     image, inner, xx, yy = breast_background(rng, shape, view, density)
     h, w = shape
@@ -194,7 +194,7 @@ def synthesize(dataset_dir: str | os.PathLike, num_cases: int = 120, seed: int =
     Raises:
         ValueError: bad sizes or fractions, or an unknown scanner.
     """
-    scanner_response(scanner)
+    scanners.scanner_response(SCANNERS, scanner)
     num_cases, seed = int(num_cases), int(seed)
     shape = (int(image_size[0]), int(image_size[1]))
     if num_cases < 4 or shape[0] < 128 or shape[1] < 96:
