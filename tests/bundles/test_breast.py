@@ -757,3 +757,21 @@ def test_scanner_shift_changes_the_image_not_the_anatomy():
     assert cases["B"]["image"][inside].mean() > cases["A"]["image"][inside].mean() > cases["C"]["image"][inside].mean()
     with pytest.raises(ValueError, match=r"unknown scanner 'Z': choose one of \['A', 'B', 'C'\]"):
         phantom.synthesize("/nonexistent/never_written", num_cases=4, scanner="Z")
+
+
+def test_both_synthetic_sets_refuse_bad_settings_before_writing(tmp_path):
+    """``scripts.phantom.write_splits``, shared by the mass and the detection phantoms: each bad setting is named in
+    its own error and nothing is written."""
+    phantom, detection = mod("phantom"), mod("phantom_detection")
+    cases = [(phantom.synthesize, {"num_cases": 1}, r"need num_cases >= 2 and image_size >= \[128, 96\], got 1 and "
+                                                    r"\[256, 192\]\."),
+             (phantom.synthesize, {"crop_margin": 2.5}, r"crop_margin must be in \[0, 2\], got 2\.5\."),
+             (phantom.synthesize, {"malignant_fraction": 0.0}, r"malignant_fraction must be in \(0, 1\), got 0\.0\."),
+             (detection.synthesize, {"num_cases": 3}, r"need num_cases >= 4 and image_size >= \[128, 96\], got 3 and "
+                                                      r"\[512, 384\]\."),
+             (detection.synthesize, {"image_size": (128, 95)}, r"got 120 and \[128, 95\]\."),
+             (detection.synthesize, {"scanner": "Z"}, r"unknown scanner 'Z'")]
+    for synthesize, settings, message in cases:
+        with pytest.raises(ValueError, match=message):
+            synthesize(tmp_path / "never", **settings)
+    assert not (tmp_path / "never").exists()
