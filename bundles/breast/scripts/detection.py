@@ -224,13 +224,12 @@ def training_split(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike
     ``synthetic`` (keyword arguments of :func:`prepare_synthetic`) generates the bundle's synthetic detection set
     first when ``dataset_dir`` is its default location and still empty. The hold-out is seeded, by patient (a
     patient's CC and MLO views stay together) and stratified by "has a malignant mass"
-    (:func:`common.splits.seeded_split`); the split (image case ids) is written to ``<output_dir>/splits.json`` and
-    read back from there when present (:func:`common.splits.training_split`).
+    (:func:`scripts.data.split_by_patient`); the split (image case ids) is written to ``<output_dir>/splits.json``
+    and read back from there when present.
 
     Raises:
-        common.validation.DatasetError: every problem of the data listed (see :func:`validate`), or a
-            ``splits.json`` that does not match the data (the file named).
-        ValueError: fewer than 2 patients (no training or no validation part).
+        common.validation.DatasetError: every problem of the train CSVs listed (:func:`validate`), or a
+            ``splits.json`` that does not match the data; ValueError: fewer than 2 patients (the CSV named).
     """
     if synthetic:
         prepare_synthetic(dataset_dir, **synthetic)
