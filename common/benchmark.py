@@ -11,8 +11,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from common.io import write_json
 
@@ -80,3 +84,31 @@ def write_results(work_dir: str | os.PathLike, results: dict[str, Any]) -> Path:
     path = results_path(work_dir)
     write_json(path, results)
     return path
+
+
+def median_ms_per_item(items: Sequence[Any], prepare: Callable[[Any], Any], forward: Callable[[Any], Any],
+                       warmup: int = 0) -> tuple[float, float]:
+    """In-process speed of one item at a time: ``forward(prepare(item))`` untimed on the first ``warmup`` items
+    (caches, lazy initialisation), then for every item the time of ``x = prepare(item)`` plus ``forward(x)``, and of
+    ``forward(x)`` alone.
+
+    Returns:
+        ``(median ms end to end, median ms of forward alone)`` over ``items``.
+
+    Raises:
+        ValueError: ``items`` is empty.
+    """
+    if not items:
+        raise ValueError("median_ms_per_item: no items to time")
+    for item in items[:warmup]:
+        forward(prepare(item))
+    total, alone = [], []
+    for item in items:
+        start = time.perf_counter()
+        x = prepare(item)
+        middle = time.perf_counter()
+        forward(x)
+        end = time.perf_counter()
+        total.append(end - start)
+        alone.append(end - middle)
+    return 1000 * float(np.median(total)), 1000 * float(np.median(alone))

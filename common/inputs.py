@@ -122,3 +122,17 @@ def folders_only(layout: str) -> Classifier:
         return "skip", f"a file, not a case folder ({layout})"
 
     return classify
+
+
+def case_folders(input_dir: str | os.PathLike, layout: str, noun: str, what: str) -> list[Path]:
+    """The ``noun`` folders directly in ``input_dir`` (brain cases, cardiac patients): :func:`list_input_folder` with
+    :func:`folders_only`, so every file there is named in a warning with ``layout`` as the reason.
+
+    Returns:
+        the folders, sorted by name.
+
+    Raises:
+        common.validation.DatasetError: ``input_dir`` is missing or holds no folder (the error names ``what``, the
+            folder and what was expected: ``"<noun> folders (<layout>)"``).
+    """
+    return list_input_folder(str(input_dir), folders_only(layout), f"{noun} folders ({layout})", what=what).predict

@@ -757,3 +757,39 @@ def test_scanner_shift_changes_the_image_not_the_anatomy():
     assert cases["B"]["image"][inside].mean() > cases["A"]["image"][inside].mean() > cases["C"]["image"][inside].mean()
     with pytest.raises(ValueError, match=r"unknown scanner 'Z': choose one of \['A', 'B', 'C'\]"):
         phantom.synthesize("/nonexistent/never_written", num_cases=4, scanner="Z")
+
+
+def test_both_synthetic_sets_refuse_bad_settings_before_writing(tmp_path):
+    """``scripts.phantom.write_splits``, shared by the mass and the detection phantoms: each bad setting is named in
+    its own error and nothing is written."""
+    phantom, detection = mod("phantom"), mod("phantom_detection")
+    cases = [(phantom.synthesize, {"num_cases": 1}, r"need num_cases >= 2 and image_size >= \[128, 96\], got 1 and "
+                                                    r"\[256, 192\]\."),
+             (phantom.synthesize, {"crop_margin": 2.5}, r"crop_margin must be in \[0, 2\], got 2\.5\."),
+             (phantom.synthesize, {"malignant_fraction": 0.0}, r"malignant_fraction must be in \(0, 1\), got 0\.0\."),
+             (detection.synthesize, {"num_cases": 3}, r"need num_cases >= 4 and image_size >= \[128, 96\], got 3 and "
+                                                      r"\[512, 384\]\."),
+             (detection.synthesize, {"image_size": (128, 95)}, r"got 120 and \[128, 95\]\."),
+             (detection.synthesize, {"scanner": "Z"}, r"unknown scanner 'Z'")]
+    for synthesize, settings, message in cases:
+        with pytest.raises(ValueError, match=message):
+            synthesize(tmp_path / "never", **settings)
+    assert not (tmp_path / "never").exists()
+
+
+def test_split_by_patient_keeps_views_together_records_extra_and_names_the_csv(tmp_path):
+    """``scripts.data.split_by_patient``, the classifier's and the detector's split: two patients of two views each at
+    ``val_fraction`` 0.5 give one patient per side; one patient cannot be split and the error names the train CSV."""
+    data = mod("data")
+    items = [{"case": f"{p}_{v}", "patient": p, "label": int(p == "P2")} for p in ("P1", "P2") for v in ("CC", "MLO")]
+    strata = {i["case"]: i["label"] for i in items}
+    split = data.split_by_patient(tmp_path, tmp_path, items, 0.5, 0, strata, {"skipped_rows": []})
+    sides = [{i["patient"] for i in split[part]} for part in ("train", "validation")]
+    assert len(sides[0]) == len(sides[1]) == 1 and sides[0] != sides[1]
+    assert sum(len(split[part]) for part in ("train", "validation")) == 4
+    record = json.loads((tmp_path / "splits.json").read_text())
+    assert record["group_by"] == "patient" and record["skipped_rows"] == []
+    assert sorted(record["train"] + record["validation"]) == sorted(i["case"] for i in items)
+    with pytest.raises(ValueError, match=r"mass_case_description_train_set\.csv: too few patients for a train/val "
+                                         r"split: 2 case\(s\) in 1 group\(s\)"):
+        data.split_by_patient(tmp_path / "other", None, items[:2], 0.5, 0, strata)

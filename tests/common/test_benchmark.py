@@ -28,3 +28,29 @@ def test_kib_to_mib_and_the_results_file(tmp_path):
     path = benchmark.write_results(tmp_path, {"peak_rss_mib": 1.5})
     assert path == tmp_path / "benchmark_results.json" and json.loads(path.read_text()) == {"peak_rss_mib": 1.5}
     assert benchmark.config_list("/b", "train", "tiny") == "['/b/configs/train.json','/b/configs/tiny.json']"
+
+
+def test_median_ms_per_item_warms_up_then_times_prepare_plus_forward_and_forward_alone(monkeypatch):
+    calls = []
+    clock = iter(range(100))
+
+    def fake_clock():  # one tick of one second per reading
+        return float(next(clock))
+
+    def prepare(item):
+        calls.append(("prepare", item))
+        return item * 10
+
+    def forward(x):
+        calls.append(("forward", x))
+
+    monkeypatch.setattr(benchmark.time, "perf_counter", fake_clock)
+    total, alone = benchmark.median_ms_per_item([1, 2, 3], prepare, forward, warmup=1)
+    monkeypatch.undo()
+    # warm-up on item 1 (untimed), then each item: readings start, middle, end one second apart: 2 s end to end,
+    # 1 s for forward alone
+    assert calls[:2] == [("prepare", 1), ("forward", 10)] and calls[2:] == [
+        ("prepare", 1), ("forward", 10), ("prepare", 2), ("forward", 20), ("prepare", 3), ("forward", 30)]
+    assert (total, alone) == (2000.0, 1000.0)
+    with pytest.raises(ValueError, match="no items"):
+        benchmark.median_ms_per_item([], prepare, forward)

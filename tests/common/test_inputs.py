@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from common.inputs import folders_only, list_input_folder, pil_image_suffixes
+from common.inputs import case_folders, folders_only, list_input_folder, pil_image_suffixes
 from common.validation import DatasetError
 
 
@@ -59,3 +59,19 @@ def test_case_folders_and_pillow_formats(tmp_path):
     suffixes = pil_image_suffixes()
     assert {".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif"} <= suffixes
     assert ".h5" not in suffixes and ".txt" not in suffixes  # Pillow's HDF5 stub cannot read pixels
+
+
+def test_case_folders_returns_the_folders_sorted_and_names_what_was_expected(tmp_path, caplog):
+    for name in ("p2", "p1"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    with caplog.at_level(logging.WARNING, logger="common.inputs"):
+        assert case_folders(tmp_path, "expected <patient>/Info.cfg", "patient", "cardiac inference input") == [
+            tmp_path / "p1", tmp_path / "p2"]
+    assert "notes.txt: not predicted: a file, not a case folder (expected <patient>/Info.cfg)" in caplog.text
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError) as info:
+        case_folders(empty, "expected <case>/<case>_t1.nii.gz", "case", "brain inference input")
+    assert str(info.value).startswith(f"brain inference input {empty}")
+    assert "holds no case folders (expected <case>/<case>_t1.nii.gz) to predict (found: nothing)" in str(info.value)

@@ -121,3 +121,127 @@ def test_plot_curve_writes_a_png_from_reloaded_json(tmp_path):
                                                  25: {"auc": 0.7, "ci95": [0.6, 0.8]}}}))
     path = tc.plot_curve(results, tmp_path / "curve.png", "auc", "N", "AUC", "title", reference=0.65)
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the script around the curve: command line, run set-up, data sets, arms, features + logistic regression, finish
+
+
+def test_parser_has_the_bundle_defaults_with_the_site_options_before_n_resamples(tmp_path):
+    args = tc.parser("d", tmp_path, source_cases=30, test_cases=12, sizes="2,5", steps=120, lr=3e-3, image_size=48,
+                     channels="8,16", sites=tc.SCANNER_SITES).parse_args(["--work_dir", "w", "--target_scanner", "C"])
+    assert list(vars(args)) == ["work_dir", "source_cases", "test_cases", "sizes", "seeds", "steps", "source_steps",
+                                "lr", "image_size", "channels", "source_scanner", "target_scanner", "n_resamples",
+                                "plot"]
+    assert (args.source_cases, args.seeds, args.source_steps, args.lr, args.n_resamples) == (30, 3, 300, 3e-3, 500)
+    assert (args.source_scanner, args.target_scanner) == ("A", "C")
+    assert args.plot == str(tmp_path / "docs" / "transfer_curve.png")
+
+
+def _run(tmp_path, **options):
+    argv = ["--work_dir", str(tmp_path / "work"), *[f"--{k}={v}" for k, v in options.items()]]
+    args = tc.parser("d", tmp_path, source_cases=3, test_cases=2, sizes="1,4", steps=1, lr=0.1, image_size=8,
+                     channels="2,4").parse_args(argv)
+    threads = torch.get_num_threads()
+    run = tc.start(args)
+    torch.set_num_threads(threads)  # start() pins one thread for the process: not for the rest of this session
+    return run
+
+
+def test_start_and_make_sets_draw_each_set_with_its_seed_site_and_size(tmp_path):
+    run = _run(tmp_path)
+    assert run.work.is_dir() and (run.sizes, run.channels) == ([1, 4], [2, 4]) and run.generated is None
+    calls = []
+    sets = tc.make_sets(run, lambda n, seed, site, size: calls.append((n, seed, site, size)) or seed, "A", "B")
+    assert sets == (1, 2, 3, 4)
+    # source: --source_cases 3 at A (seed 1), --test_cases 2 at A (seed 2); pool: largest N 4 at B (seed 3); target
+    # test: 2 at B (seed 4); all at --image_size 8
+    assert calls == [(3, 1, "A", 8), (2, 2, "A", 8), (4, 3, "B", 8), (2, 4, "B", 8)]
+    assert run.generated is not None and run.generated >= 0
+
+
+class Two(nn.Module):
+    """'features' (a 1x1 conv, the encoder) and a 'head'; ``FREEZE`` names the encoder preset."""
+
+    FREEZE = {"encoder": ["features"]}
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Conv2d(1, 2, 1)
+        self.head = nn.Linear(2, 1)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def test_neural_arms_start_from_random_source_or_frozen_source(tmp_path):
+    run = _run(tmp_path)
+    source = Two()
+    with torch.no_grad():
+        source.features.weight.fill_(7.0)
+    ckpt = run.save_source(source)
+    assert ckpt == run.work / "source_model.pt"
+    seen = {}
+
+    def network(seed):
+        torch.manual_seed(seed)
+        return Two()
+
+    def fit(net, n, seed):
+        seen["seed_n"] = (seed, n)
+        return net
+
+    def evaluate(net):
+        return np.array([float(net.features.weight.flatten()[0]), float(net.features.weight.requires_grad)])
+
+    arms = tc.neural_arms(network, ckpt, Two.FREEZE, fit, evaluate)
+    assert list(arms) == ["scratch", "finetune_all", "frozen_encoder"]
+    random_weight = float(network(101).features.weight.flatten()[0])
+    np.testing.assert_array_equal(arms["scratch"](4, 1), [random_weight, 1.0])  # network(100 + seed), untouched
+    assert seen["seed_n"] == (1, 4)
+    np.testing.assert_array_equal(arms["finetune_all"](4, 1), [7.0, 1.0])  # source weights, trainable
+    np.testing.assert_array_equal(arms["frozen_encoder"](4, 1), [7.0, 0.0])  # source weights, frozen
+
+
+def test_pooled_features_are_spatial_means():
+    net = Two()
+    with torch.no_grad():
+        net.features.weight.copy_(torch.tensor([1.0, 2.0]).reshape(2, 1, 1, 1))
+        net.features.bias.zero_()
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 6.0]]]])  # mean 3: channel 1 -> 3, channel 2 -> 6
+    np.testing.assert_allclose(tc.pooled_features(net, x), [[3.0, 6.0]])
+
+
+def test_features_logreg_arm_separates_a_separable_pool_and_is_constant_on_one_class():
+    x_pool = torch.tensor([[0.0], [10.0], [1.0], [11.0], [0.5]])
+    y_pool = torch.tensor([0, 1, 0, 1, 0])
+    x_test = torch.tensor([[0.2], [10.5]])
+    arm = tc.features_logreg_arm(lambda x: x.numpy(), x_pool, y_pool, x_test)
+    p = arm(4, 0)
+    assert p[0] < 0.5 < p[1]
+    # the first case alone is class 0: no classifier can be fitted; every test case scores 0
+    np.testing.assert_array_equal(arm(1, 0), [0.0, 0.0])
+
+
+def test_finish_writes_the_record_after_every_n_and_the_plot(tmp_path, capsys):
+    run = _run(tmp_path, seeds=2, n_resamples=20, plot=tmp_path / "curve.png")
+    run.generated = 1.5
+
+    def arm(n, seed):
+        return np.full(3, float(n + seed))
+
+    out = tc.finish(run, {"source_dice_on_source_test": 0.9, "source_dice_on_target_test": 0.5}, {"a": arm},
+                    np.arange(3), tc.mean_of_scores, "dice", ("N", "Dice", "title"), target_test_cases=3)
+    written = json.loads((run.work / "transfer_curve.json").read_text())
+    assert written == json.loads(json.dumps(out))
+    assert list(written) == ["settings", "reference", "results", "seconds", "target_test_cases"]
+    assert written["results"]["a"]["4"] == {"dice": 4.5, "ci95": [4.5, 4.5], "dice_per_seed": [4.0, 5.0]}
+    assert written["seconds"]["generate"] == 1.5 and written["settings"]["seeds"] == 2
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "N=4: a 4.500" in capsys.readouterr().out
+
+
+def test_source_reference_names_the_metric_and_prints_one_json_line(capsys):
+    reference = tc.source_reference("auc", np.float64(0.75), 0.5)
+    assert reference == {"source_auc_on_source_test": 0.75, "source_auc_on_target_test": 0.5}
+    assert json.loads(capsys.readouterr().out) == reference

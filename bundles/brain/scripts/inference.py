@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from common.inference import output_path
-from common.inputs import folders_only, list_input_folder
+from common.inputs import case_folders
 from common.io import save_nifti
 from common.uncertainty import case_score, write_entropy_nifti, write_uncertainty_csv
 
@@ -36,8 +36,7 @@ def list_inputs(input_dir: str) -> list[Path]:
     Raises:
         common.validation.DatasetError: ``input_dir`` is missing or holds no case folder.
     """
-    return list_input_folder(str(input_dir), folders_only(LAYOUT), f"case folders ({LAYOUT})",
-                             what="brain inference input").predict
+    return case_folders(input_dir, LAYOUT, "case", what="brain inference input")
 
 
 def case_items(case_dir: Path) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from common import scanners
 from common.io import save_nifti
 
 logger = logging.getLogger(__name__)
@@ -69,31 +70,18 @@ SCANNERS = {"A": {"contrast": 1.0, "bias": 0.0, "axis": 0},
             "C": {"contrast": 1.5, "bias": -0.3, "axis": 2}}
 
 
-def scanner_response(scanner: str) -> dict:
-    """The response of a simulated scanner of :data:`SCANNERS`.
-
-    Raises:
-        ValueError: an unknown scanner name (the message lists the known ones).
-    """
-    if str(scanner) not in SCANNERS:
-        raise ValueError(f"unknown scanner {scanner!r}: choose one of {sorted(SCANNERS)}")
-    return SCANNERS[str(scanner)]
-
-
 def apply_scanner(image: np.ndarray, scanner: str = "A") -> np.ndarray:
     """A noise-free 3D intensity image as ``scanner`` sees it: ``image ** contrast * exp(bias * u)`` (see
-    :data:`SCANNERS`); the same array, untouched, for scanner "A". float32, the input's shape.
+    :data:`SCANNERS`, :func:`common.scanners.contrast_and_bias`); the same array, untouched, for scanner "A".
+    float32, the input's shape.
 
     Raises:
         ValueError: an unknown scanner.
     """
-    response = scanner_response(scanner)
-    if response["contrast"] == 1.0 and response["bias"] == 0.0:
-        return image
-    out = np.power(np.clip(image, 0.0, None), response["contrast"])
+    response = scanners.scanner_response(SCANNERS, scanner)
     axis, n = response["axis"], image.shape[response["axis"]]
     u = np.linspace(-1.0, 1.0, n).reshape([n if a == axis else 1 for a in range(image.ndim)])
-    return (out * np.exp(response["bias"] * u)).astype(np.float32)
+    return scanners.contrast_and_bias(image, response["contrast"], response["bias"], u)
 
 
 #: field of view in MNI world coordinates (mm): the brain plus a skull and scalp shell
@@ -243,7 +231,7 @@ def make_case(seed: int, index: int, spacing: float = 3.0, scanner: str = "A"
         ``(images, label, affine)``: the four sequences (float32, by name), the BraTS label map (uint8) and the
         RAS affine.
     """
-    scanner_response(scanner)
+    scanners.scanner_response(SCANNERS, scanner)
     rng = np.random.default_rng([int(seed), int(index)])
     shape, affine = grid(spacing)
     anatomy = _anatomy(shape, affine, spacing, rng)
@@ -314,7 +302,7 @@ def write_dataset(dataset_dir: str | Path, num_cases: int = 24, seed: int = 0, s
     """
     if int(num_cases) < 1:
         raise ValueError(f"num_cases must be at least 1, got {num_cases}.")
-    scanner_response(scanner)
+    scanners.scanner_response(SCANNERS, scanner)
     grid(float(spacing))
     dataset_dir = Path(str(dataset_dir))
     logger.info("writing %d synthetic BraTS cases (seed %d, %.1f mm) to %s", num_cases, seed, spacing, dataset_dir)

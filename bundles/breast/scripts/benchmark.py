@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ BUNDLE = Path(__file__).resolve().parent.parent
 REPO = BUNDLE.parent.parent
 sys.path.insert(0, str(REPO))
 
-from common.benchmark import config_list, run_bundle, write_results  # noqa: E402
+from common.benchmark import config_list, median_ms_per_item, run_bundle, write_results  # noqa: E402
 
 
 def bundle_cmd(name: str, configs: list[str], log_dir: Path, *args: str | Path) -> dict:
@@ -83,20 +82,11 @@ def time_inference(test_dir: Path, ckpt: Path, threads: int) -> dict:
     net.load_state_dict(torch.load(ckpt, map_location="cpu"))
     net.eval()
     items = load_split(test_dir, "test", check_files=False)
-    total, forward = [], []
     with torch.no_grad():
-        for item in items[:5]:
-            net(pre(dict(item))["image"][None])
-        for item in items:
-            start = time.perf_counter()
-            x = pre(dict(item))["image"][None]
-            middle = time.perf_counter()
-            torch.softmax(net(x), 1)
-            end = time.perf_counter()
-            total.append(end - start)
-            forward.append(end - middle)
-    return {"threads": threads, "ms_per_case_end_to_end": 1000 * float(np.median(total)),
-            "ms_per_case_network": 1000 * float(np.median(forward)), "cases": len(items)}
+        end_to_end, network = median_ms_per_item(items, lambda item: pre(dict(item))["image"][None],
+                                                 lambda x: torch.softmax(net(x), 1), warmup=5)
+    return {"threads": threads, "ms_per_case_end_to_end": end_to_end, "ms_per_case_network": network,
+            "cases": len(items)}
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -121,20 +121,13 @@ def time_inference(test_dir: Path, ckpt: Path, threads: int) -> dict:
     parser["ckpt_path"] = str(ckpt)
     net, pre = parser.get_parsed_content("network_def"), parser.get_parsed_content("preprocessing")
     net.load_state_dict(torch.load(ckpt, map_location="cpu"))
+    from common.benchmark import median_ms_per_item
+
     items = evaluation_cases(test_dir)
-    total, forward = [], []
-    for item in items[:3]:
-        detect(net, [pre({"image": item["image"]})["image"]])
-    for item in items:
-        start = time.perf_counter()
-        x = pre({"image": item["image"]})["image"]
-        middle = time.perf_counter()
-        detect(net, [x])
-        end = time.perf_counter()
-        total.append(end - start)
-        forward.append(end - middle)
-    return {"threads": threads, "ms_per_image_end_to_end": 1000 * float(np.median(total)),
-            "ms_per_image_network": 1000 * float(np.median(forward)), "images": len(items)}
+    end_to_end, network = median_ms_per_item(items, lambda item: pre({"image": item["image"]})["image"],
+                                             lambda x: detect(net, [x]), warmup=3)
+    return {"threads": threads, "ms_per_image_end_to_end": end_to_end, "ms_per_image_network": network,
+            "images": len(items)}
 
 
 def main(args: argparse.Namespace) -> dict:

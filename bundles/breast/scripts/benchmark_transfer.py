@@ -27,10 +27,7 @@ whole curve runs in minutes on a CPU. Numbers from it describe this phantom, not
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +39,10 @@ for path in (str(REPO), str(BUNDLE)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from common.io import write_json  # noqa: E402
-from common.transfer import prepare  # noqa: E402
-from common.transfer_curve import auc_metric, curve_record, plot_curve, run_curve, train_steps  # noqa: E402
+from common import transfer_curve as tc  # noqa: E402
 from scripts.networks import FREEZE_PRESETS, HadushCNN  # noqa: E402
 from scripts.phantom import render_case  # noqa: E402
 from scripts.transforms import crop_box  # noqa: E402
-
-ARMS = ("scratch", "finetune_all", "frozen_encoder", "features_logreg")
 
 
 def make_set(n: int, seed: int, scanner: str, image_size: int, shape=(160, 128), margin: float = 0.25):
@@ -78,7 +71,7 @@ def train(net, x, y, steps: int, lr: float, seed: int, batch: int = 32, pretrain
     (``common.transfer_curve.train_steps``)."""
     counts = torch.bincount(y, minlength=2).float().clamp(min=1)
     loss_fn = torch.nn.CrossEntropyLoss(weight=counts.sum() / (2 * counts))
-    return train_steps(net, x, y, loss_fn, steps, lr, seed, batch=batch, pretrained_lr_scale=pretrained_lr_scale)
+    return tc.train_steps(net, x, y, loss_fn, steps, lr, seed, batch=batch, pretrained_lr_scale=pretrained_lr_scale)
 
 
 @torch.no_grad()
@@ -87,98 +80,24 @@ def scores(net, x) -> np.ndarray:
     return torch.softmax(net(x), dim=1)[:, 1].numpy()
 
 
-@torch.no_grad()
-def pooled_features(net, x) -> np.ndarray:
-    net.eval()
-    return net.features(x).mean(dim=(2, 3)).numpy()
-
-
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work_dir", required=True)
-    parser.add_argument("--source_cases", type=int, default=400)
-    parser.add_argument("--test_cases", type=int, default=200)
-    parser.add_argument("--sizes", default="10,25,50,100,200")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=80)
-    parser.add_argument("--source_steps", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--channels", default="4,8,16,16,32")
-    parser.add_argument("--source_scanner", default="A")
-    parser.add_argument("--target_scanner", default="B")
-    parser.add_argument("--n_resamples", type=int, default=500)
-    parser.add_argument("--plot", default=str(BUNDLE / "docs" / "transfer_curve.png"))
-    args = parser.parse_args(argv)
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    work = Path(args.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    channels = [int(c) for c in args.channels.split(",")]
+    args = tc.parser(__doc__.splitlines()[0], BUNDLE, source_cases=400, test_cases=200, sizes="10,25,50,100,200",
+                     steps=80, lr=2e-3, image_size=32, channels="4,8,16,16,32", sites=tc.SCANNER_SITES
+                     ).parse_args(argv)
+    run = tc.start(args)
 
     def network(seed: int):
         torch.manual_seed(seed)
-        return HadushCNN(channels=channels, hidden=32, dropout=0.2)
+        return HadushCNN(channels=run.channels, hidden=32, dropout=0.2)
 
-    xs, ys = make_set(args.source_cases, 1, args.source_scanner, args.image_size)
-    xs_test, ys_test = make_set(args.test_cases, 2, args.source_scanner, args.image_size)
-    pool_x, pool_y = make_set(max(sizes), 3, args.target_scanner, args.image_size)
-    xt, yt = make_set(args.test_cases, 4, args.target_scanner, args.image_size)
-    generated = time.perf_counter() - start
-    from sklearn.metrics import roc_auc_score
-
-    source = train(network(0), xs, ys, args.source_steps, args.lr, seed=0)
-    source_ckpt = work / "source_model.pt"
-    torch.save(source.state_dict(), source_ckpt)
-    reference = {"source_auc_on_source_test": float(roc_auc_score(ys_test.numpy(), scores(source, xs_test))),
-                 "source_auc_on_target_test": float(roc_auc_score(yt.numpy(), scores(source, xt)))}
-    y_test = yt.numpy()
-
-    def scratch(n, seed):
-        return scores(train(network(100 + seed), pool_x[:n], pool_y[:n], args.steps, args.lr, seed), xt)
-
-    def finetune_all(n, seed):
-        net = prepare(network(100 + seed), source_ckpt)
-        return scores(train(net, pool_x[:n], pool_y[:n], args.steps, args.lr, seed), xt)
-
-    def frozen_encoder(n, seed):
-        net = prepare(network(100 + seed), source_ckpt, ["encoder"], FREEZE_PRESETS)
-        return scores(train(net, pool_x[:n], pool_y[:n], args.steps, args.lr, seed), xt)
-
-    def features_logreg(n, seed):
-        x_n, y_n = pool_x[:n], pool_y[:n]
-        scaler = StandardScaler().fit(pooled_features(source, x_n))
-        clf = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced", random_state=seed)
-        clf.fit(scaler.transform(pooled_features(source, x_n)), y_n.numpy())
-        return clf.predict_proba(scaler.transform(pooled_features(source, xt)))[:, 1]
-
-    arms = dict(zip(ARMS, (scratch, finetune_all, frozen_encoder, features_logreg)))
-    out: dict = {}
-
-    def record(results):  # after every N: a stopped run keeps what it measured
-        out.update(curve_record(vars(args), reference, results,
-                                {"generate": generated, "total": time.perf_counter() - start},
-                                target_test_malignant=int(y_test.sum()), target_test_cases=len(y_test)))
-        write_json(work / "transfer_curve.json", out)
-
-    results = run_curve(sizes, args.seeds, arms, y_test, auc_metric, args.n_resamples,
-                        log=lambda line: print(line, flush=True), after_size=record)
-    plot(results, reference, args, Path(args.plot))
-    print(json.dumps(reference), f"total {out['seconds']['total']:.0f} s", flush=True)
-    return out
-
-
-def plot(results: dict, reference: dict, args, path: Path) -> None:
-    """The curve as PNG (``common.transfer_curve.plot_curve``)."""
-    plot_curve(results, path, "auc", f"labelled target-site cases (scanner {args.target_scanner})",
-               f"ROC AUC, held-out target ({args.test_cases} cases)",
-               f"breast phantom: source scanner {args.source_scanner} ({args.source_cases}) -> "
-               f"{args.target_scanner}; mean of {args.seeds} seeds, 95% CI",
-               reference=reference["source_auc_on_target_test"])
+    sets = tc.make_sets(run, make_set, args.source_scanner, args.target_scanner)
+    y_test = sets[3][1]
+    labels = (f"labelled target-site cases (scanner {args.target_scanner})",
+              f"ROC AUC, held-out target ({args.test_cases} cases)",
+              f"breast phantom: source scanner {args.source_scanner} ({args.source_cases}) -> "
+              f"{args.target_scanner}; mean of {args.seeds} seeds, 95% CI")
+    return tc.classifier_curve(run, network, train, scores, sets, FREEZE_PRESETS, labels,
+                               target_test_malignant=int(y_test.sum()), target_test_cases=len(y_test))
 
 
 if __name__ == "__main__":

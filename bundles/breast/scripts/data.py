@@ -332,18 +332,32 @@ def training_split(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike
             ``splits.json`` that does not match the data (the file named).
         ValueError: fewer than 2 patients (no training or no validation part).
     """
-    from common.splits import select
-    from common.splits import training_split as split_cases
-
     if synthetic:
         prepare_synthetic(dataset_dir, **synthetic)
     validate(dataset_dir, ("train",), crop_source, strict_rows=strict_rows)
     items = load_split(dataset_dir, "train", crop_source, strict_rows=strict_rows)  # checked and cached above
+    return split_by_patient(dataset_dir, output_dir, items, val_fraction, seed, {i["case"]: i["label"] for i in items},
+                            {"skipped_rows": skipped_rows(dataset_dir, "train", crop_source, strict_rows)})
+
+
+def split_by_patient(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike | None, items: list[dict],
+                     val_fraction: float, seed: int, strata: dict[str, Any],
+                     extra: dict[str, Any] | None = None) -> dict[str, list[dict]]:
+    """``{"train": [...], "validation": [...]}`` of the train CSV's ``items`` (each with ``case`` and ``patient``):
+    :func:`common.splits.training_split` by patient, stratified by ``strata`` (case id -> label), ``extra`` recorded
+    in ``<output_dir>/splits.json``; the classifier's and the detector's ``training_split``.
+
+    Raises:
+        common.validation.DatasetError: a ``splits.json`` that does not match the data (the file named).
+        ValueError: fewer than 2 patients, naming the train CSV.
+    """
+    from common.splits import select
+    from common.splits import training_split as split_cases
+
     try:
         ids = split_cases(output_dir, [i["case"] for i in items], val_fraction, seed,
-                          groups={i["case"]: i["patient"] for i in items},
-                          strata={i["case"]: i["label"] for i in items}, dataset_dir=dataset_dir, group_by="patient",
-                          extra={"skipped_rows": skipped_rows(dataset_dir, "train", crop_source, strict_rows)})
+                          groups={i["case"]: i["patient"] for i in items}, strata=strata, dataset_dir=dataset_dir,
+                          group_by="patient", extra=extra)
     except ValueError as e:
         if isinstance(e, DatasetError):
             raise

@@ -34,7 +34,7 @@ from torch import nn
 
 from common.checkpoint import unwrap
 from common.validation import DatasetError, Problems, check_dir
-from scripts.data import ID_COLUMNS, PATHOLOGY, check_dicom, csv_path, read_rows, resolve
+from scripts.data import ID_COLUMNS, PATHOLOGY, check_dicom, csv_path, read_rows, resolve, split_by_patient
 from scripts.dicom import read_dicom
 from scripts.networks import ConvBlock
 
@@ -225,30 +225,18 @@ def training_split(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike
     ``synthetic`` (keyword arguments of :func:`prepare_synthetic`) generates the bundle's synthetic detection set
     first when ``dataset_dir`` is its default location and still empty. The hold-out is seeded, by patient (a
     patient's CC and MLO views stay together) and stratified by "has a malignant mass"
-    (:func:`common.splits.seeded_split`); the split (image case ids) is written to ``<output_dir>/splits.json`` and
-    read back from there when present (:func:`common.splits.training_split`).
+    (:func:`scripts.data.split_by_patient`); the split (image case ids) is written to ``<output_dir>/splits.json``
+    and read back from there when present.
 
     Raises:
-        common.validation.DatasetError: every problem of the data listed (see :func:`validate`), or a
-            ``splits.json`` that does not match the data (the file named).
-        ValueError: fewer than 2 patients (no training or no validation part).
+        common.validation.DatasetError: every problem of the train CSVs listed (:func:`validate`), or a
+            ``splits.json`` that does not match the data; ValueError: fewer than 2 patients (the CSV named).
     """
-    from common.splits import select
-    from common.splits import training_split as split_cases
-
     if synthetic:
         prepare_synthetic(dataset_dir, **synthetic)
     items = validate(dataset_dir, ("train",))["train"]
-    try:
-        ids = split_cases(output_dir, [i["case"] for i in items], val_fraction, seed,
-                          groups={i["case"]: i["patient"] for i in items},
-                          strata={i["case"]: int(max(i["labels"], default=0)) for i in items},
-                          dataset_dir=dataset_dir, group_by="patient")
-    except ValueError as e:
-        if isinstance(e, DatasetError):
-            raise
-        raise ValueError(f"{csv_path(dataset_dir, 'train')}: too few patients for a train/val split: {e}") from None
-    return {"train": select(items, ids["train"]), "validation": select(items, ids["validation"])}
+    return split_by_patient(dataset_dir, output_dir, items, val_fraction, seed,
+                            {i["case"]: int(max(i["labels"], default=0)) for i in items})
 
 
 def evaluation_cases(dataset_dir: str | os.PathLike, synthetic: dict[str, Any] | None = None

@@ -15,12 +15,15 @@ seed (one explicit ``numpy.random.Generator``).
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from common import scanners
 from common.io import write_csv
 from scripts.dicom import write_dicom
 from scripts.transforms import crop_box
@@ -109,22 +112,11 @@ SCANNERS = {"A": {"gamma": 1.0, "blur": 0.0, "noise": 0.012},
             "C": {"gamma": 1.5, "blur": 0.0, "noise": 0.006}}
 
 
-def scanner_response(scanner: str) -> dict:
-    """The response of a simulated scanner of :data:`SCANNERS`.
-
-    Raises:
-        ValueError: an unknown scanner name (the message lists the known ones).
-    """
-    if str(scanner) not in SCANNERS:
-        raise ValueError(f"unknown scanner {scanner!r}: choose one of {sorted(SCANNERS)}")
-    return SCANNERS[str(scanner)]
-
-
 def render_case(rng: np.random.Generator, malignant: bool, view: str, shape: tuple[int, int],
                 scanner: str = "A") -> dict:
     """One mammogram with one mass: display image in [0, 1], ROI mask and CBIS-DDSM descriptors, as seen by the
     simulated ``scanner`` (:data:`SCANNERS`; the random draws do not depend on it, so scanners see the same anatomy)."""
-    response = scanner_response(scanner)
+    response = scanners.scanner_response(SCANNERS, scanner)
     density = int(rng.integers(1, 5))
     image, inner, xx, yy = breast_background(rng, shape, view, density)
     area = float(np.pi * rng.uniform(7.0, 15.0) ** 2)
@@ -226,17 +218,37 @@ def synthesize(dataset_dir: str | os.PathLike, num_cases: int = 400, seed: int =
     Raises:
         ValueError: bad sizes or fractions, or an unknown scanner.
     """
-    scanner_response(scanner)
+    if not 0.0 <= crop_margin <= 2.0:
+        raise ValueError(f"crop_margin must be in [0, 2], got {crop_margin}.")
+    return write_splits(dataset_dir, num_cases, seed, image_size, malignant_fraction, scanner, 2,
+                        functools.partial(write_split, crop_margin=crop_margin, malignant_fraction=malignant_fraction,
+                                          scanner=scanner))
+
+
+def write_splits(dataset_dir: str | os.PathLike, num_cases: int, seed: int, image_size: tuple[int, int] | list[int],
+                 malignant_fraction: float, scanner: str, min_cases: int, write_split: Callable[..., int]) -> str:
+    """Check the settings of a synthetic set (mass or detection), then write its ``train`` split (``num_cases``
+    items, patients numbered from 1) and its ``test`` split (max(num_cases // 2, 8) items, the following patients),
+    both from one ``numpy.random.default_rng(seed)``; ``write_split(root, rng, split, n, first_patient, shape)``
+    writes one split and returns the next patient number.
+
+    Returns:
+        ``dataset_dir`` as a string.
+
+    Raises:
+        ValueError: ``num_cases < min_cases``, ``image_size`` below 128 x 96 (rows, columns), ``malignant_fraction``
+            outside (0, 1), or an unknown ``scanner`` (nothing written).
+    """
+    scanners.scanner_response(SCANNERS, scanner)
     num_cases, seed = int(num_cases), int(seed)
     shape = (int(image_size[0]), int(image_size[1]))
-    if num_cases < 2 or shape[0] < 128 or shape[1] < 96:
-        raise ValueError(f"need num_cases >= 2 and image_size >= [128, 96], got {num_cases} and {list(shape)}.")
-    if not 0.0 < malignant_fraction < 1.0 or not 0.0 <= crop_margin <= 2.0:
-        raise ValueError(f"malignant_fraction must be in (0, 1) and crop_margin in [0, 2], got "
-                         f"{malignant_fraction}, {crop_margin}.")
+    if num_cases < min_cases or shape[0] < 128 or shape[1] < 96:
+        raise ValueError(f"need num_cases >= {min_cases} and image_size >= [128, 96], got {num_cases} and "
+                         f"{list(shape)}.")
+    if not 0.0 < malignant_fraction < 1.0:
+        raise ValueError(f"malignant_fraction must be in (0, 1), got {malignant_fraction}.")
     root = Path(str(dataset_dir))
     rng = np.random.default_rng(seed)
-    next_patient = write_split(root, rng, "train", num_cases, 1, shape, crop_margin, malignant_fraction, scanner)
-    write_split(root, rng, "test", max(num_cases // 2, 8), next_patient, shape, crop_margin, malignant_fraction,
-                scanner)
+    next_patient = write_split(root, rng, "train", num_cases, 1, shape)
+    write_split(root, rng, "test", max(num_cases // 2, 8), next_patient, shape)
     return str(root)

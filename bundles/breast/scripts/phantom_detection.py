@@ -17,12 +17,14 @@ Deterministic by seed.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from common import scanners
 from common.io import write_csv
 from scripts.dicom import write_dicom
 from scripts.phantom import (
@@ -35,7 +37,7 @@ from scripts.phantom import (
     crop_box,
     dicom_encoding,
     mass_shape,
-    scanner_response,
+    write_splits,
 )
 
 MASS_COUNT_PROBS = (0.2, 0.4, 0.25, 0.15)  # P(0 masses), P(1), P(2), P(3)
@@ -68,7 +70,7 @@ def render_image(rng: np.random.Generator, pathologies: list[bool], view: str, s
                  scanner: str = "A") -> dict:
     """One mammogram: display image in [0, 1], one ROI mask per mass (bool, the image's shape), their CBIS-DDSM
     shape/margin labels, and a calcification-cluster ROI (for the calc CSV of a mass-free image)."""
-    response = scanner_response(scanner)
+    response = scanners.scanner_response(SCANNERS, scanner)
     density = int(rng.integers(1, 5))
     image, inner, xx, yy = breast_background(rng, shape, view, density)
     h, w = shape
@@ -194,18 +196,8 @@ def synthesize(dataset_dir: str | os.PathLike, num_cases: int = 120, seed: int =
     Raises:
         ValueError: bad sizes or fractions, or an unknown scanner.
     """
-    scanner_response(scanner)
-    num_cases, seed = int(num_cases), int(seed)
-    shape = (int(image_size[0]), int(image_size[1]))
-    if num_cases < 4 or shape[0] < 128 or shape[1] < 96:
-        raise ValueError(f"need num_cases >= 4 and image_size >= [128, 96], got {num_cases} and {list(shape)}.")
-    if not 0.0 < malignant_fraction < 1.0:
-        raise ValueError(f"malignant_fraction must be in (0, 1), got {malignant_fraction}.")
-    root = Path(str(dataset_dir))
-    rng = np.random.default_rng(seed)
-    next_patient = write_split(root, rng, "train", num_cases, 1, shape, malignant_fraction, scanner)
-    write_split(root, rng, "test", max(num_cases // 2, 8), next_patient, shape, malignant_fraction, scanner)
-    return str(root)
+    return write_splits(dataset_dir, num_cases, seed, image_size, malignant_fraction, scanner, 4,
+                        functools.partial(write_split, malignant_fraction=malignant_fraction, scanner=scanner))
 
 
 def ensure_dataset(dataset_dir: str | os.PathLike, default_dir: str | os.PathLike, num_cases: int = 120,

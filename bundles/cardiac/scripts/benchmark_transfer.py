@@ -30,10 +30,7 @@ phantom, not real cine MRI.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,13 +42,10 @@ for path in (str(REPO), str(BUNDLE)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from common.io import write_json  # noqa: E402
-from common.transfer import prepare  # noqa: E402
-from common.transfer_curve import curve_record, mean_of_scores, plot_curve, run_curve, train_steps  # noqa: E402
+from common import transfer_curve as tc  # noqa: E402
 from scripts.networks import FREEZE_PRESETS  # noqa: E402
 from scripts.phantom import draw_patient_parameters, render_phase  # noqa: E402
 
-ARMS = ("scratch", "finetune_all", "frozen_encoder")
 CLASSES = 4  # background, RV, MYO, LV
 
 
@@ -86,7 +80,7 @@ def train(net, x, y, steps: int, lr: float, seed: int, batch: int = 16):
     from monai.losses import DiceCELoss
 
     loss = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
-    return train_steps(net, x, y, loss, steps, lr, seed, batch=batch, flip_target=True)
+    return tc.train_steps(net, x, y, loss, steps, lr, seed, batch=batch, flip_target=True)
 
 
 @torch.no_grad()
@@ -106,81 +100,35 @@ def dice_per_patient(net, patients) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work_dir", required=True)
-    parser.add_argument("--source_cases", type=int, default=30)
-    parser.add_argument("--test_cases", type=int, default=12)
-    parser.add_argument("--sizes", default="2,5,10,20")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--source_steps", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--image_size", type=int, default=48)
-    parser.add_argument("--channels", default="8,16,32")
-    parser.add_argument("--source_scanner", default="A")
-    parser.add_argument("--target_scanner", default="B")
-    parser.add_argument("--n_resamples", type=int, default=500)
-    parser.add_argument("--plot", default=str(BUNDLE / "docs" / "transfer_curve.png"))
-    args = parser.parse_args(argv)
     from monai.networks.nets import UNet
 
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    work = Path(args.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    channels = [int(c) for c in args.channels.split(",")]
+    args = tc.parser(__doc__.splitlines()[0], BUNDLE, source_cases=30, test_cases=12, sizes="2,5,10,20", steps=120,
+                     lr=3e-3, image_size=48, channels="8,16,32", sites=tc.SCANNER_SITES).parse_args(argv)
+    run = tc.start(args)
 
     def network(seed: int):
         torch.manual_seed(seed)
-        return UNet(spatial_dims=2, in_channels=1, out_channels=CLASSES, channels=channels,
-                    strides=[2] * (len(channels) - 1), num_res_units=1, norm="batch")
+        return UNet(spatial_dims=2, in_channels=1, out_channels=CLASSES, channels=run.channels,
+                    strides=[2] * (len(run.channels) - 1), num_res_units=1, norm="batch")
 
-    source_patients = make_patients(args.source_cases, 1, args.source_scanner, args.image_size)
-    source_test = make_patients(args.test_cases, 2, args.source_scanner, args.image_size)
-    pool = make_patients(max(sizes), 3, args.target_scanner, args.image_size)
-    target_test = make_patients(args.test_cases, 4, args.target_scanner, args.image_size)
-    generated = time.perf_counter() - start
-
+    source_patients, source_test, pool, target_test = tc.make_sets(run, make_patients, args.source_scanner,
+                                                                   args.target_scanner)
     source = train(network(0), *stack(source_patients), args.source_steps, args.lr, seed=0)
-    source_ckpt = work / "source_model.pt"
-    torch.save(source.state_dict(), source_ckpt)
-    reference = {"source_dice_on_source_test": float(dice_per_patient(source, source_test).mean()),
-                 "source_dice_on_target_test": float(dice_per_patient(source, target_test).mean())}
-    print(json.dumps(reference), flush=True)
+    source_ckpt = run.save_source(source)
+    reference = tc.source_reference("dice", dice_per_patient(source, source_test).mean(),
+                                    dice_per_patient(source, target_test).mean())
     y_test = np.arange(len(target_test))  # the bootstrap resamples test patients; the "scores" are their Dice values
-
-    def scratch(n, seed):
-        return dice_per_patient(train(network(100 + seed), *stack(pool[:n]), args.steps, args.lr, seed), target_test)
-
-    def finetune_all(n, seed):
-        net = prepare(network(100 + seed), source_ckpt)
-        return dice_per_patient(train(net, *stack(pool[:n]), args.steps, args.lr, seed), target_test)
-
-    def frozen_encoder(n, seed):
-        net = prepare(network(100 + seed), source_ckpt, ["encoder"], FREEZE_PRESETS)
-        return dice_per_patient(train(net, *stack(pool[:n]), args.steps, args.lr, seed), target_test)
-
-    arms = dict(zip(ARMS, (scratch, finetune_all, frozen_encoder)))
-    out: dict = {}
-
-    def record(results):  # after every N: a stopped run keeps what it measured
-        out.update(curve_record(vars(args), reference, results,
-                                {"generate": generated, "total": time.perf_counter() - start},
-                                target_test_cases=len(target_test),
-                                target_test_slices=int(sum(len(p[0]) for p in target_test)),
-                                target_train_slices={n: int(sum(len(p[0]) for p in pool[:n])) for n in sizes}))
-        write_json(work / "transfer_curve.json", out)
-
-    results = run_curve(sizes, args.seeds, arms, y_test, mean_of_scores, args.n_resamples, key="dice",
-                        log=lambda line: print(line, flush=True), after_size=record)
-    plot_curve(results, args.plot, "dice", f"labelled target-site patients (scanner {args.target_scanner})",
-               f"mean foreground Dice, held-out target ({args.test_cases} patients)",
-               f"cardiac phantom: source scanner {args.source_scanner} ({args.source_cases} patients) -> "
-               f"{args.target_scanner}; mean of {args.seeds} seeds, 95% CI",
-               reference=reference["source_dice_on_target_test"])
-    print(f"total {out['seconds']['total']:.0f} s", flush=True)
-    return out
+    arms = tc.neural_arms(network, source_ckpt, FREEZE_PRESETS,
+                          lambda net, n, seed: train(net, *stack(pool[:n]), args.steps, args.lr, seed),
+                          lambda net: dice_per_patient(net, target_test))
+    labels = (f"labelled target-site patients (scanner {args.target_scanner})",
+              f"mean foreground Dice, held-out target ({args.test_cases} patients)",
+              f"cardiac phantom: source scanner {args.source_scanner} ({args.source_cases} patients) -> "
+              f"{args.target_scanner}; mean of {args.seeds} seeds, 95% CI")
+    return tc.finish(run, reference, arms, y_test, tc.mean_of_scores, "dice", labels,
+                     target_test_cases=len(target_test),
+                     target_test_slices=int(sum(len(p[0]) for p in target_test)),
+                     target_train_slices={n: int(sum(len(p[0]) for p in pool[:n])) for n in run.sizes})
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import torch
 
 from common.geometry import load, voxel_sizes
 from common.inference import output_path
-from common.inputs import folders_only, list_input_folder
+from common.inputs import case_folders
 from common.io import save_nifti, write_csv
 from common.uncertainty import case_score, write_entropy_nifti, write_uncertainty_csv
 from common.validation import Problems
@@ -45,8 +45,7 @@ def list_inputs(input_dir: str) -> list[Path]:
     Raises:
         common.validation.DatasetError: ``input_dir`` is missing or holds no patient folder.
     """
-    return list_input_folder(str(input_dir), folders_only(LAYOUT), f"patient folders ({LAYOUT})",
-                             what="cardiac inference input").predict
+    return case_folders(input_dir, LAYOUT, "patient", what="cardiac inference input")
 
 
 def case_items(patient_dir: Path) -> list[dict[str, Any]]:

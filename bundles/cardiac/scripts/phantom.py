@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from common import scanners
 from common.io import save_nifti, write_text
 from scripts.clinical import LV, MYO, RV, clinical_indices
 
@@ -40,32 +41,19 @@ SCANNERS = {"A": {"contrast": 1.0, "bias": 0.0, "axis": 0},
             "C": {"contrast": 1.4, "bias": -0.3, "axis": 1}}
 
 
-def scanner_response(scanner: str) -> dict:
-    """The response of a simulated scanner of :data:`SCANNERS`.
-
-    Raises:
-        ValueError: an unknown scanner name (the message lists the known ones).
-    """
-    if str(scanner) not in SCANNERS:
-        raise ValueError(f"unknown scanner {scanner!r}: choose one of {sorted(SCANNERS)}")
-    return SCANNERS[str(scanner)]
-
-
 def apply_scanner(image: np.ndarray, coordinates: tuple[np.ndarray, np.ndarray], fov: float,
                   scanner: str = "A") -> np.ndarray:
     """A noise-free image as ``scanner`` sees it: ``image ** contrast * exp(bias * u)`` with ``u`` the in-plane
     coordinate (mm, centred, broadcastable to the image) of ``axis`` divided by ``fov / 2`` (see :data:`SCANNERS`);
-    the same array, untouched, for scanner "A". float32, the image's shape.
+    the same array, untouched, for scanner "A" (:func:`common.scanners.contrast_and_bias`). float32, the image's
+    shape.
 
     Raises:
         ValueError: an unknown scanner.
     """
-    response = scanner_response(scanner)
-    if response["contrast"] == 1.0 and response["bias"] == 0.0:
-        return image
+    response = scanners.scanner_response(SCANNERS, scanner)
     u = coordinates[response["axis"]] / (float(fov) / 2.0)
-    return (np.power(np.clip(image, 0.0, None), response["contrast"]) * np.exp(response["bias"] * u)
-            ).astype(np.float32)
+    return scanners.contrast_and_bias(image, response["contrast"], response["bias"], u)
 
 
 def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, ra: np.ndarray, rb: np.ndarray,
@@ -228,7 +216,7 @@ def write_dataset(dataset_dir: str, num_cases: int = 30, seed: int = 0, image_si
     Raises:
         ValueError: a non-positive count, an image size below 32 or an unknown scanner (before anything is written).
     """
-    scanner_response(scanner)
+    scanners.scanner_response(SCANNERS, scanner)
     dataset_dir, num_cases, seed, image_size = str(dataset_dir), int(num_cases), int(seed), int(image_size)
     num_test = max(-(-num_cases // 2), 8) if num_test_cases is None else int(num_test_cases)
     if num_cases < 1 or num_test < 1 or image_size < 32:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from common import scanners
 from common.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -99,17 +100,6 @@ SCANNERS = {"A": {"exposure": 1.0, "vignette": 0.0, "gains": (1.0, 1.0, 1.0), "g
             "C": {"exposure": 0.8, "vignette": 0.0, "gains": (1.15, 0.9, 0.75), "gamma": 1.3}}
 
 
-def scanner_response(scanner: str) -> dict:
-    """The response of a simulated camera of :data:`SCANNERS`.
-
-    Raises:
-        ValueError: an unknown scanner name (the message lists the known ones).
-    """
-    if str(scanner) not in SCANNERS:
-        raise ValueError(f"unknown scanner {scanner!r}: choose one of {sorted(SCANNERS)}")
-    return SCANNERS[str(scanner)]
-
-
 def apply_scanner(image: np.ndarray, rho: np.ndarray, scanner: str = "A") -> np.ndarray:
     """A noise-free linear RGB image ``(H, W, 3)`` as camera ``scanner`` records it (formula at :data:`SCANNERS`);
     ``rho`` ``(H, W)`` is the distance from the image centre over the FOV radius. The same array, untouched, for "A".
@@ -117,7 +107,7 @@ def apply_scanner(image: np.ndarray, rho: np.ndarray, scanner: str = "A") -> np.
     Raises:
         ValueError: an unknown scanner.
     """
-    r = scanner_response(scanner)
+    r = scanners.scanner_response(SCANNERS, scanner)
     if r["exposure"] == 1.0 and r["vignette"] == 0.0 and r["gamma"] == 1.0 and tuple(r["gains"]) == (1.0, 1.0, 1.0):
         return image
     light = r["exposure"] * np.clip(1.0 - r["vignette"] * np.asarray(rho) ** 2, 0.0, None)
@@ -140,7 +130,7 @@ def synth_fundus(rng: np.random.Generator, height: int = 584, width: int = 565, 
     Raises:
         ValueError: a size below 32 or an unknown scanner.
     """
-    scanner_response(scanner)
+    scanners.scanner_response(SCANNERS, scanner)
     if int(height) < 32 or int(width) < 32:
         raise ValueError(f"image size must be at least 32x32, got height={height}, width={width}.")
     height, width = int(height), int(width)
@@ -243,7 +233,7 @@ def write_dataset(dataset_dir: str, num_cases: int = 20, seed: int = 0, height: 
     Raises:
         ValueError: ``num_cases`` < 1, a bad size or an unknown scanner (before anything is written).
     """
-    scanner_response(scanner)
+    scanners.scanner_response(SCANNERS, scanner)
     num_cases = int(num_cases)
     if num_cases < 1:
         raise ValueError(f"num_cases must be at least 1, got {num_cases}.")

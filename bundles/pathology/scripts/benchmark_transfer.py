@@ -28,10 +28,7 @@ this phantom, not real slides.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -43,14 +40,10 @@ for path in (str(REPO), str(BUNDLE)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from common.io import write_json  # noqa: E402
-from common.transfer import prepare  # noqa: E402
-from common.transfer_curve import auc_metric, curve_record, plot_curve, run_curve, train_steps  # noqa: E402
+from common import transfer_curve as tc  # noqa: E402
 from scripts.networks import FREEZE_PRESETS, PatchClassifier  # noqa: E402
 from scripts.phantom import make_patch  # noqa: E402
 from scripts.tissue import TEST_SITE, TRAIN_SITES  # noqa: E402
-
-ARMS = ("scratch", "finetune_all", "frozen_encoder", "features_logreg")
 
 
 def make_set(n: int, seed: int, sites: tuple[int, ...], image_size: int):
@@ -73,7 +66,7 @@ def train(net, x, y, steps: int, lr: float, seed: int, batch: int = 32):
     positives = float(y.sum())
     pos_weight = torch.tensor([(len(y) - positives) / positives]) if 0 < positives < len(y) else None
     bce = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    return train_steps(net, x, y, lambda logits, target: bce(logits[:, 0], target), steps, lr, seed, batch=batch)
+    return tc.train_steps(net, x, y, lambda logits, target: bce(logits[:, 0], target), steps, lr, seed, batch=batch)
 
 
 @torch.no_grad()
@@ -82,97 +75,27 @@ def scores(net, x) -> np.ndarray:
     return torch.sigmoid(net(x)[:, 0]).numpy()
 
 
-@torch.no_grad()
-def pooled_features(net, x) -> np.ndarray:
-    net.eval()
-    return net.features(x).mean(dim=(2, 3)).numpy()
-
-
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work_dir", required=True)
-    parser.add_argument("--source_cases", type=int, default=600)
-    parser.add_argument("--test_cases", type=int, default=300)
-    parser.add_argument("--sizes", default="10,25,50,100,200")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=80)
-    parser.add_argument("--source_steps", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--image_size", type=int, default=48)
-    parser.add_argument("--channels", default="8,16,32")
-    parser.add_argument("--target_site", type=int, default=TEST_SITE)
-    parser.add_argument("--n_resamples", type=int, default=500)
-    parser.add_argument("--plot", default=str(BUNDLE / "docs" / "transfer_curve.png"))
-    args = parser.parse_args(argv)
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    work = Path(args.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    channels = [int(c) for c in args.channels.split(",")]
+    args = tc.parser(__doc__.splitlines()[0], BUNDLE, source_cases=600, test_cases=300, sizes="10,25,50,100,200",
+                     steps=80, lr=2e-3, image_size=48, channels="8,16,32",
+                     sites=[("--target_site", {"type": int, "default": TEST_SITE})]).parse_args(argv)
+    run = tc.start(args)
     source_sites = tuple(s for s in TRAIN_SITES if s != args.target_site)
 
     def network(seed: int):
         torch.manual_seed(seed)
-        return PatchClassifier(in_channels=3, channels=channels, dropout=0.2)
+        return PatchClassifier(in_channels=3, channels=run.channels, dropout=0.2)
 
-    xs, ys = make_set(args.source_cases, 1, source_sites, args.image_size)
-    xs_test, ys_test = make_set(args.test_cases, 2, source_sites, args.image_size)
-    pool_x, pool_y = make_set(max(sizes), 3, (args.target_site,), args.image_size)
-    xt, yt = make_set(args.test_cases, 4, (args.target_site,), args.image_size)
-    generated = time.perf_counter() - start
-
-    source = train(network(0), xs, ys, args.source_steps, args.lr, seed=0)
-    source_ckpt = work / "source_model.pt"
-    torch.save(source.state_dict(), source_ckpt)
-    y_test = yt.numpy()
-    reference = {"source_auc_on_source_test": auc_metric(ys_test.numpy(), scores(source, xs_test)),
-                 "source_auc_on_target_test": auc_metric(y_test, scores(source, xt))}
-    print(json.dumps(reference), flush=True)
-
-    def scratch(n, seed):
-        return scores(train(network(100 + seed), pool_x[:n], pool_y[:n], args.steps, args.lr, seed), xt)
-
-    def finetune_all(n, seed):
-        net = prepare(network(100 + seed), source_ckpt)
-        return scores(train(net, pool_x[:n], pool_y[:n], args.steps, args.lr, seed), xt)
-
-    def frozen_encoder(n, seed):
-        net = prepare(network(100 + seed), source_ckpt, ["encoder"], FREEZE_PRESETS)
-        return scores(train(net, pool_x[:n], pool_y[:n], args.steps, args.lr, seed), xt)
-
-    def features_logreg(n, seed):
-        x_n, y_n = pool_x[:n], pool_y[:n].numpy().astype(int)
-        if len(np.unique(y_n)) < 2:  # one class among the N: no classifier can be fitted; a constant score
-            return np.full(len(xt), float(y_n[0]))
-        scaler = StandardScaler().fit(pooled_features(source, x_n))
-        clf = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced", random_state=seed)
-        clf.fit(scaler.transform(pooled_features(source, x_n)), y_n)
-        return clf.predict_proba(scaler.transform(pooled_features(source, xt)))[:, 1]
-
-    arms = dict(zip(ARMS, (scratch, finetune_all, frozen_encoder, features_logreg)))
-    out: dict = {}
-
-    def record(results):  # after every N: a stopped run keeps what it measured
-        out.update(curve_record(vars(args), reference, results,
-                                {"generate": generated, "total": time.perf_counter() - start},
-                                source_sites=list(source_sites), target_test_tumour=int(y_test.sum()),
-                                target_test_cases=len(y_test),
-                                target_train_tumour={n: int(pool_y[:n].sum()) for n in sizes}))
-        write_json(work / "transfer_curve.json", out)
-
-    results = run_curve(sizes, args.seeds, arms, y_test, auc_metric, args.n_resamples,
-                        log=lambda line: print(line, flush=True), after_size=record)
-    plot_curve(results, args.plot, "auc", f"labelled target-site patches (site {args.target_site})",
-               f"ROC AUC, held-out target ({args.test_cases} patches)",
-               f"pathology phantom: staining sites {list(source_sites)} ({args.source_cases}) -> site "
-               f"{args.target_site}; mean of {args.seeds} seeds, 95% CI",
-               reference=reference["source_auc_on_target_test"])
-    print(f"total {out['seconds']['total']:.0f} s", flush=True)
-    return out
+    sets = tc.make_sets(run, make_set, source_sites, (args.target_site,))
+    pool_y, y_test = sets[2][1], sets[3][1]
+    labels = (f"labelled target-site patches (site {args.target_site})",
+              f"ROC AUC, held-out target ({args.test_cases} patches)",
+              f"pathology phantom: staining sites {list(source_sites)} ({args.source_cases}) -> site "
+              f"{args.target_site}; mean of {args.seeds} seeds, 95% CI")
+    return tc.classifier_curve(run, network, train, scores, sets, FREEZE_PRESETS, labels,
+                               source_sites=list(source_sites), target_test_tumour=int(y_test.sum()),
+                               target_test_cases=len(y_test),
+                               target_train_tumour={n: int(pool_y[:n].sum()) for n in run.sizes})
 
 
 if __name__ == "__main__":
