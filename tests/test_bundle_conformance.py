@@ -17,6 +17,7 @@ workflows are picked up without edits.
 from __future__ import annotations
 
 import csv
+import enum
 import json
 import math
 import re
@@ -771,3 +772,142 @@ def test_dialect_classification_metrics_on_monai(area):
         if path.name.startswith("benchmark"):
             continue  # baselines outside the bundle's workflows
         assert "roc_auc_score" not in path.read_text(), f"{area}: {path.name} computes its own AUC"
+
+
+# ------------------------------------------------------------------------------ preprocessing written once (item 3)
+PREPROCESSING = "scripts.transforms.preprocessing"
+#: arguments of the one preprocessing function that say which workflow calls it; every other argument is a setting
+PREPROCESSING_ROLES = {"with_label", "resample_label", "loader", "stain_augmentation"}
+
+
+def _preprocessing_calls(node, path: str = "") -> list[tuple[str, dict]]:
+    """Every ``scripts.transforms.preprocessing`` component of a raw config, with its ``#`` path."""
+    found = []
+    if isinstance(node, dict):
+        if node.get("_target_") == PREPROCESSING:
+            found.append((path, node))
+        items = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return found
+    for key, value in items:
+        found += _preprocessing_calls(value, f"{path}#{key}" if path else str(key))
+    return found
+
+
+def _reaches_preprocessing(config: dict, node, seen: frozenset = frozenset()) -> bool:
+    """Whether ``node`` is, holds or refers (``@id``, ``%id``, also in ``$`` expressions) to a preprocessing call."""
+    if isinstance(node, dict):
+        return node.get("_target_") == PREPROCESSING or any(
+            _reaches_preprocessing(config, v, seen) for v in node.values())
+    if isinstance(node, list):
+        return any(_reaches_preprocessing(config, v, seen) for v in node)
+    if not isinstance(node, str):
+        return False
+    for ref in re.findall(r"[@%]([A-Za-z_][\w#]*)", node):
+        if ref in seen:
+            continue
+        target = config
+        for part in ref.split("#"):
+            if isinstance(target, list) and part.isdigit() and int(part) < len(target):
+                target = target[int(part)]
+            else:
+                target = target.get(part) if isinstance(target, dict) else None
+        if _reaches_preprocessing(config, target, seen | {ref}):
+            return True
+    return False
+
+
+def _loaders_outside_calls(node, inside: bool = False) -> list[str]:
+    """``_target_`` names of loading transforms (``Load*``) that are not an argument of a preprocessing call."""
+    found = []
+    if isinstance(node, dict):
+        inside = inside or node.get("_target_") == PREPROCESSING
+        target = node.get("_target_")
+        if not inside and isinstance(target, str) and target.rsplit(".", 1)[-1].startswith("Load"):
+            found.append(target)
+        values = node.values()
+    elif isinstance(node, list):
+        values = node
+    else:
+        return found
+    for value in values:
+        found += _loaders_outside_calls(value, inside)
+    return found
+
+
+def _signature(obj, depth: int = 0):
+    """A comparable form of a transform's settings: plain values, arrays as lists, nested objects to depth 3."""
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, float) and math.isnan(obj):
+        return "nan"
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (type, torch.dtype)):
+        return str(obj)
+    if isinstance(obj, (list, tuple)):
+        return [_signature(v, depth) for v in obj]
+    if hasattr(obj, "tolist") and not callable(getattr(obj, "__call__", None)):
+        return _signature(obj.tolist(), depth)
+    if depth < 3 and hasattr(obj, "__dict__"):
+        return (type(obj).__name__, {k: _signature(v, depth + 1) for k, v in sorted(vars(obj).items())
+                                     if not k.startswith("_") and k not in ("R", "keys", "allow_missing_keys")})
+    return type(obj).__name__
+
+
+@pytest.mark.parametrize("area", AREAS)
+def test_dialect_preprocessing_written_once(area, tmp_path):
+    """Issue 14 item 3: the deterministic preprocessing (loading, geometry, intensity, size) is written once, as
+    ``scripts/transforms.py::preprocessing``; train.json's ``train#preprocessing`` and ``validate#preprocessing``,
+    evaluate.json's ``preprocessing`` and inference.json's ``preprocessing`` all reach it, no config lists a loader of
+    its own, every call passes the same setting ids (recorded in ``model.json`` and read back by inference), and what
+    differs between workflows is an argument (``with_label``, ``resample_label``, ``loader``, ``stain_augmentation``).
+    Parsed, inference's preprocessing has the types of evaluate's, with the same settings on the image."""
+    from monai.bundle import ConfigParser
+
+    source = (BUNDLES / area / "scripts" / "transforms.py").read_text()
+    assert re.search(r"^def preprocessing\(", source, re.MULTILINE), f"{area}: scripts/transforms.py::preprocessing"
+    train, evaluate, inference = (raw_config(area, n) for n in ("train", "evaluate", "inference"))
+    merged = {**train, **evaluate}  # evaluate.json is merged over train.json
+    uses = (("train.json", train, train, ("train#preprocessing", "validate#preprocessing")),
+            ("evaluate.json", evaluate, merged, ("preprocessing",)),
+            ("inference.json", inference, inference, ("preprocessing",)))
+    for name, own, config, ids in uses:
+        for id_ in ids:
+            node = config
+            for part in id_.split("#"):
+                node = node[part]
+            assert _reaches_preprocessing(config, node), f"{area}: {name} {id_} does not use {PREPROCESSING}"
+        loaders = _loaders_outside_calls(own)
+        assert not loaders, f"{area}: {name} loads with {loaders} outside {PREPROCESSING} (a second chain)"
+    pre = inference["preprocessing"]
+    assert pre.get("_target_") == "Compose" and pre["transforms"].get("_target_") == PREPROCESSING, pre
+    calls = [c for cfg in (train, evaluate, inference) for c in _preprocessing_calls(cfg)]
+    settings = [{k: v for k, v in call.items() if k != "_target_" and k not in PREPROCESSING_ROLES}
+                for _, call in calls]
+    assert all(s == settings[0] for s in settings), f"{area}: the calls pass different settings: {calls}"
+    saver = [h for h in train["validate"]["handlers"] if h.get("_target_") == "common.checkpoint.BestModelSaver"][0]
+    for arg, value in settings[0].items():
+        assert isinstance(value, str) and value.startswith("@"), f"{area}: {arg}={value!r} is not a train.json id"
+        id_ = value[1:]
+        assert saver["settings"].get(id_) == value, f"{area}: {id_} is not recorded in model.json"
+        assert str(inference.get(id_, "")).startswith(f"$common.checkpoint.model_setting(@ckpt_path, '{id_}',"), (
+            f"{area}: inference.json does not read {id_} back from model.json")
+    # parsed (defaults: no model.json beside the checkpoint): inference's chain is evaluate's, settings included
+    import_bundle_module(area, "transforms")
+    if (BUNDLES / area / "scripts" / "inference.py").is_file():
+        import_bundle_module(area, "inference")
+    built = {}
+    for key, names in (("evaluate", ("train", "evaluate")), ("inference", ("inference",))):
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLES / area / "configs" / f"{n}.json") for n in names])
+        parser.update({"bundle_root": str(BUNDLES / area), "ckpt_path": str(tmp_path / "elsewhere" / "model.pt")})
+        built[key] = list(parser.get_parsed_content("preprocessing").transforms)
+    evaluated = [t for t in built["evaluate"] if "image" in getattr(t, "keys", ("image",))]
+    assert len(evaluated) == len(built["inference"]), f"{area}: {built}"
+    for ev, inf in zip(evaluated, built["inference"]):
+        assert isinstance(inf, type(ev)), f"{area}: inference has {type(inf).__name__} where evaluate has {ev}"
+        if tuple(getattr(ev, "keys", ())) == tuple(getattr(inf, "keys", ())) == ("image",):
+            assert _signature(inf) == _signature(ev), f"{area}: {type(inf).__name__} set up differently"

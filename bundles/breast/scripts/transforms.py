@@ -1,6 +1,8 @@
 """Mammography transforms: DICOM loading with ROI cropping, and the case study's Gaussian/median/bilateral denoising.
 
-Intensity windowing, resizing and augmentation are MONAI's own transforms, composed in the configs.
+Intensity windowing and resizing are MONAI's own transforms. :func:`preprocessing` is the one definition of the
+deterministic steps of classification's train, validate, evaluate and inference, so they cannot drift apart; the
+random augmentation is listed in ``train.json``.
 """
 
 from __future__ import annotations
@@ -9,8 +11,16 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Transform
+from monai.transforms import (
+    EnsureTyped,
+    MapTransform,
+    Resized,
+    ResizeWithPadOrCropd,
+    ScaleIntensityRangePercentilesd,
+    Transform,
+)
 from scipy import ndimage
 from skimage.restoration import denoise_bilateral
 
@@ -129,3 +139,36 @@ class Denoised(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.denoise(d[key])
         return d
+
+
+def preprocessing(roi_size: int, crop_margin: float, window_lower: float, window_upper: float, gaussian_sigma: float,
+                  median_size: int, bilateral_sigma_color: float, bilateral_sigma_spatial: float) -> list[Transform]:
+    """The deterministic preprocessing of the mass classifier: load the ROI crop (:class:`LoadMassd`), window the
+    intensity between two percentiles to [0, 1], resize the longest side to ``roi_size`` (area interpolation), pad the
+    other with edge values to a square, denoise (:class:`Denoised`), float32 without metadata.
+
+    Every argument is a ``train.json`` id recorded in ``model.json`` beside the checkpoint, so evaluation and
+    inference rebuild what training used.
+
+    Args:
+        roi_size: side of the square network input, pixels.
+        crop_margin: margin around the ROI mask's bounding box, as a fraction of its size (cases given as full image
+            plus ROI mask).
+        window_lower, window_upper: intensity percentiles (0-100) mapped to 0 and 1 (clipped).
+        gaussian_sigma, median_size, bilateral_sigma_color, bilateral_sigma_spatial: the denoising steps
+            (:class:`Denoise`; pixels, and [0, 1] intensity for the bilateral colour sigma).
+
+    Returns:
+        the transforms, for a ``Compose``: ``image`` (a DICOM path, or ``full`` + ``roi`` paths) becomes a
+        1 x ``roi_size`` x ``roi_size`` float32 tensor in [0, 1].
+    """
+    return [
+        LoadMassd(keys="image", margin=crop_margin),
+        ScaleIntensityRangePercentilesd(keys="image", lower=window_lower, upper=window_upper, b_min=0.0, b_max=1.0,
+                                        clip=True),
+        Resized(keys="image", spatial_size=roi_size, size_mode="longest", mode="area"),
+        ResizeWithPadOrCropd(keys="image", spatial_size=[roi_size, roi_size], mode="edge"),
+        Denoised(keys="image", gaussian_sigma=gaussian_sigma, median_size=median_size,
+                 bilateral_sigma_color=bilateral_sigma_color, bilateral_sigma_spatial=bilateral_sigma_spatial),
+        EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
+    ]

@@ -1,5 +1,9 @@
 """Fundus-specific transforms: DRIVE loading (through MONAI's PIL reader), FOV estimation, CLAHE, FOV masking.
 
+:func:`preprocessing` is the one definition of the deterministic steps that train, validate, evaluate and inference all
+use (inference without the vessel label), so they cannot drift apart; the random augmentation is listed in
+``train.json``.
+
 Channel order of the network input (fixed, recorded in metadata.json): 0 red, 1 green after CLAHE, 2 blue, each in
 [0, 1] and set to 0 outside the field of view (FOV).
 """
@@ -188,3 +192,24 @@ class MaskOutsideFOVd(MapTransform):
             d[key] = value * (fov.to(value.device) > 0).to(value.dtype)
         return d
 
+
+
+def preprocessing(clahe_clip: float, with_label: bool = True) -> list[Transform]:
+    """The deterministic preprocessing: load image, vessel label and FOV (:class:`LoadFundusd`), CLAHE on the green
+    channel and zero outside the FOV (:class:`ClaheGreend`).
+
+    Args:
+        clahe_clip: CLAHE clip limit in (0, 1] (scikit-image's ``clip_limit``; recorded in ``model.json``).
+        with_label: also load ``label`` (the vessel mask); inference has none.
+
+    Returns:
+        the transforms, for a ``Compose``: ``image`` becomes 3xHxW float in [0, 1] (0 outside the FOV), ``fov`` and
+        ``label`` 1xHxW in {0, 1}, at the input's size.
+
+    Raises:
+        ValueError: a ``clahe_clip`` outside (0, 1].
+    """
+    return [
+        LoadFundusd(image_key="image", label_key="label" if with_label else None, fov_key="fov"),
+        ClaheGreend(keys="image", fov_key="fov", clip_limit=clahe_clip),
+    ]

@@ -7,6 +7,9 @@ optical-density ratio and puts the *lower* ratio first (MONAI PR #8551), which i
 reference ``target_he`` has the higher ratio in its haematoxylin column). Unfixed, every normalised patch gets nuclei
 painted in the eosin colour. :class:`OrderedExtractHEStains` puts the higher-ratio vector first, so the output
 matches MONAI's documented contract (first column haematoxylin) whichever order MONAI returns.
+
+:func:`preprocessing` is the one definition of the patch preprocessing that train, validate, evaluate and inference
+all use (inference with its own patch reader and without the label), so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from typing import Any
 
 import h5py
 import numpy as np
+import torch
 from monai.apps.pathology.transforms import ExtractHEStains, NormalizeHEStains
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Randomizable, Transform
+from monai.transforms import EnsureTyped, MapTransform, Randomizable, ScaleIntensityRanged, Transform, Transposed
 from skimage.color import hed2rgb, rgb2hed
 from skimage.filters import threshold_otsu
 
@@ -154,6 +158,34 @@ class LoadPCamPatchd(MapTransform):
         for key in self.key_iterator(d):
             d[key] = np.asarray(self._dataset(str(Path(str(d[key]))))[int(d[self.index_key])], dtype=np.uint8)
         return d
+
+
+def preprocessing(stain_normalisation: bool, with_label: bool = True, loader: Transform | None = None,
+                  stain_augmentation: Transform | None = None) -> list[Transform]:
+    """The patch preprocessing: read, Macenko stain normalisation, HWC -> CHW, [0, 255] -> [0, 1], float32 tensors.
+
+    Args:
+        stain_normalisation: Macenko normalisation on (False: the ablation without it; recorded in ``model.json``).
+        with_label: also turn ``label`` (0/1) into a float32 tensor; inference has none.
+        loader: the dict transform that puts the ``H x W x 3`` uint8 patch into ``image``; ``None`` reads PCam's
+            ``x`` dataset (:class:`LoadPCamPatchd`); inference passes ``scripts.inference.LoadInputPatchd`` (PCam
+            files and slides).
+        stain_augmentation: a transform of the uint8 ``H x W x 3`` patch run after the stain normalisation and before
+            the conversion (training's :class:`RandHEDJitterd`); ``None`` for validation, evaluation and inference.
+
+    Returns:
+        the transforms, for a ``Compose``: ``image`` becomes a 3 x H x W float32 tensor in [0, 1] (no metadata),
+        ``label`` a float32 tensor.
+    """
+    keys = ["image", "label"] if with_label else ["image"]
+    return [
+        loader if loader is not None else LoadPCamPatchd(keys="image"),
+        MacenkoNormalized(keys="image", enabled=stain_normalisation),
+        *([stain_augmentation] if stain_augmentation is not None else []),
+        Transposed(keys="image", indices=[2, 0, 1]),
+        ScaleIntensityRanged(keys="image", a_min=0, a_max=255, b_min=0.0, b_max=1.0),
+        EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False),
+    ]
 
 
 def tissue_saturation_threshold(saturation: np.ndarray, minimum: float = 0.07) -> float:
