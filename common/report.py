@@ -1,14 +1,18 @@
 """A Markdown report of the bundles' MLflow runs: learning curves, evaluation metrics with 95 % CIs, overlays.
 
 Everything is read from an MLflow tracking store (``sqlite:///...`` or ``http://host:port``), never from the
-bundles' output folders, so the report shows exactly what was tracked. One section per MLflow experiment (one per
-bundle, named after the bundle): the latest training run (tag ``workflow=train``, written by
+bundles' output folders, so the report shows exactly what was tracked. One section per bundle workflow: an MLflow
+experiment is one bundle (named after it), and a bundle that declares several workflows in its ``metadata.json``
+(breast: ``classification``, ``detection``) logs them all into it, told apart by the run tag ``bundle_workflow``.
+A section's title is the experiment name for the bundle's first declared workflow (tag ``bundle_workflows`` gives the
+order) and ``<experiment> — <workflow>`` for the others; runs without ``bundle_workflow`` (older stores) count as the
+first workflow. In each section the latest training run (tag ``workflow=train``, written by
 ``common.tracking.MLflowRunRecorder``) gives the learning curves (``train_loss`` per iteration, ``train_loss_epoch``
-and every ``val_<name>`` per epoch), the latest evaluate run (``workflow=evaluate``, tag ``key_metric``) the metric
-table (``<name>``, ``<name>_ci95_low``, ``<name>_ci95_high``), and both runs' ``overlays/`` artifacts are copied next
-to the report and linked. Runs without the recorder's ``workflow`` tag (MONAI's switch alone) are not shown: every
-bundle attaches the recorder. Numbers, CIs, units and times are written by ``common.formatting``, as in the main
-job's summary.
+and every ``val_<name>`` per epoch), the latest evaluate run of the same workflow (``workflow=evaluate``, tag
+``key_metric``) the metric table (``<name>``, ``<name>_ci95_low``, ``<name>_ci95_high``), and both runs'
+``overlays/`` artifacts are copied next to the report and linked. Runs without the recorder's ``workflow`` tag
+(MONAI's switch alone) are not shown: every bundle attaches the recorder. Numbers, CIs, units and times are
+written by ``common.formatting``, as in the main job's summary.
 
 Usage::
 
@@ -51,7 +55,10 @@ class Curve:
 
 @dataclass
 class BundleSection:
-    """What the report shows for one experiment."""
+    """What the report shows for one workflow of one experiment (bundle).
+
+    ``title`` (default: ``experiment``) heads the section and names its folder; ``workflow`` is the run tag
+    ``bundle_workflow`` (None: the runs had none)."""
 
     experiment: str
     train_run: Any = None
@@ -61,6 +68,11 @@ class BundleSection:
     key_metric: str | None = None
     num_cases: int | None = None
     overlays: list[Path] = field(default_factory=list)
+    workflow: str | None = None
+    title: str = ""
+
+    def __post_init__(self) -> None:
+        self.title = self.title or self.experiment
 
 
 def slug(text: str) -> str:
@@ -164,21 +176,52 @@ def copy_overlays(client: Any, run: Any, dest: Path, prefix: str, limit: int = 6
     return copied
 
 
-def collect(client: Any, experiment: Any, out: Path) -> BundleSection | None:
-    """Read one experiment's latest train and evaluate runs; write its plot and overlays under ``out``."""
+def _declared_workflows(runs: Sequence[Any]) -> list[str]:
+    """The ``bundle_workflows`` tag of the first (newest) run that has one, split; [] when none has."""
+    tag = next((r.data.tags["bundle_workflows"] for r in runs if r.data.tags.get("bundle_workflows")), "")
+    return [name for name in tag.split(",") if name]
+
+
+def workflow_groups(runs: Sequence[Any]) -> list[tuple[str | None, list[Any]]]:
+    """The runs of one experiment grouped by their ``bundle_workflow`` tag, in the bundle's declared order.
+
+    ``runs`` are newest first; the declared order is the ``bundle_workflows`` tag of the newest run that has one
+    (workflows seen only in tags follow, by name). Runs without ``bundle_workflow`` join the first workflow's group,
+    or form the one group ``None`` when no run has the tag. Each group keeps the runs' order."""
+    declared = _declared_workflows(runs)
+    tagged = {r.data.tags["bundle_workflow"] for r in runs if r.data.tags.get("bundle_workflow")}
+    order: list[str | None] = [*declared, *sorted(tagged - set(declared))] or [None]
+    groups: dict[str | None, list[Any]] = {}
+    for run in runs:
+        groups.setdefault(run.data.tags.get("bundle_workflow") or order[0], []).append(run)
+    return [(name, groups[name]) for name in order if name in groups]
+
+
+def collect(client: Any, experiment: Any, out: Path) -> list[BundleSection]:
+    """One section per bundle workflow of ``experiment`` (:func:`workflow_groups`): the workflow's latest train and
+    evaluate runs, their plot and overlays written under ``out/<slug of the section title>``. Empty when the
+    experiment has no run with the recorder's ``workflow`` tag."""
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=500)
-    if not runs:
-        return None
-    section = BundleSection(experiment.name)
+    runs = [r for r in runs if r.data.tags.get("workflow") in ("train", "evaluate")]
+    groups = workflow_groups(runs)
+    first = (_declared_workflows(runs) or [groups[0][0] if groups else None])[0]
+    sections = []
+    for name, group in groups:
+        title = experiment.name if name is None or name == first else f"{experiment.name} — {name}"
+        sections.append(_collect_section(client, experiment.name, name, title, group, out))
+    return sections
+
+
+def _collect_section(client: Any, experiment: str, workflow: str | None, title: str, runs: Sequence[Any],
+                     out: Path) -> BundleSection:
+    section = BundleSection(experiment, workflow=workflow, title=title)
     section.train_run = next((r for r in runs if r.data.tags.get("workflow") == "train"), None)
     section.evaluate_run = next((r for r in runs if r.data.tags.get("workflow") == "evaluate"), None)
-    if section.train_run is None and section.evaluate_run is None:
-        return None
-    folder = out / slug(experiment.name)
+    folder = out / slug(title)
     if section.train_run is not None:
         curves = learning_curves(client, section.train_run)
         section.curves_png = plot_curves(curves, folder / "learning_curves.png",
-                                         f"{experiment.name}: learning curves ({section.train_run.info.run_name})")
+                                         f"{title}: learning curves ({section.train_run.info.run_name})")
         section.overlays += copy_overlays(client, section.train_run, folder / "overlays", "train")
     if section.evaluate_run is not None:
         section.metric_rows, section.key_metric = evaluation_rows(section.evaluate_run)
@@ -198,7 +241,7 @@ def render(sections: Sequence[BundleSection], tracking_uri: str, out: Path) -> s
     """The Markdown text of the report (image links relative to ``out``)."""
     lines = ["# Bundle collection: experiment report", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from the MLflow store `{tracking_uri}` "
-             f"({len(sections)} experiment(s)). Look at the same runs interactively with "
+             f"({_count(sections)}). Look at the same runs interactively with "
              f"`mlflow ui --backend-store-uri {tracking_uri}`.", "",
              "All numbers come from synthetic (phantom) data unless the runs were trained on a real dataset; "
              "95 % CIs are percentile bootstrap intervals over cases.", "",
@@ -208,11 +251,11 @@ def render(sections: Sequence[BundleSection], tracking_uri: str, out: Path) -> s
     for s in sections:
         row = next((r for r in s.metric_rows if r[0] == s.key_metric), None)
         value, ci = (fmt(row[1]), fmt_ci(row[2], row[3])) if row else ("n/a", "n/a")
-        lines.append(f"| [{s.experiment}](#{slug(s.experiment).lower()}) | {s.key_metric or 'n/a'} | {value} | {ci} | "
+        lines.append(f"| [{s.title}](#{slug(s.title).lower()}) | {s.key_metric or 'n/a'} | {value} | {ci} | "
                      f"{s.num_cases if s.num_cases is not None else 'n/a'} | {_duration(s.train_run)} | "
                      f"{s.evaluate_run.info.run_name if s.evaluate_run else 'none'} |")
     for s in sections:
-        lines += ["", f'<a id="{slug(s.experiment).lower()}"></a>', "", f"## {s.experiment}", ""]
+        lines += ["", f'<a id="{slug(s.title).lower()}"></a>', "", f"## {s.title}", ""]
         if s.train_run is not None:
             params = s.train_run.data.params
             shown = ", ".join(f"`{k}={v}`" for k, v in sorted(params.items()) if not k.endswith("_version"))
@@ -220,7 +263,7 @@ def render(sections: Sequence[BundleSection], tracking_uri: str, out: Path) -> s
                       f"{_duration(s.train_run)}).", "", f"Hyper-parameters: {shown or 'none logged'}.", ""]
             if s.curves_png is not None:
                 rel = s.curves_png.relative_to(out).as_posix()
-                lines += [f"![{s.experiment} learning curves]({rel})", ""]
+                lines += [f"![{s.title} learning curves]({rel})", ""]
             else:
                 lines += ["No learning curves were logged for this run.", ""]
         else:
@@ -248,6 +291,13 @@ def render(sections: Sequence[BundleSection], tracking_uri: str, out: Path) -> s
                 rel = png.relative_to(out).as_posix()
                 lines += [f"![{png.stem}]({rel})", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _count(sections: Sequence[BundleSection]) -> str:
+    """``"5 experiment(s)"``, or ``"5 experiment(s), 6 workflow sections"`` when a bundle has several."""
+    experiments = len({s.experiment for s in sections})
+    return f"{experiments} experiment(s)" + (f", {len(sections)} workflow sections" if len(sections) > experiments
+                                             else "")
 
 
 def calibration_lines(section: BundleSection, out: Path) -> list[str]:
@@ -320,9 +370,7 @@ def generate_report(tracking_uri: str, out: str | os.PathLike, experiments: Sequ
     for experiment in sorted(client.search_experiments(), key=lambda e: e.name):
         if wanted and experiment.name not in wanted:
             continue
-        section = collect(client, experiment, out)
-        if section is not None:
-            sections.append(section)
+        sections += collect(client, experiment, out)
     if not sections:
         which = f"named {sorted(wanted)} " if wanted else ""
         raise ValueError(f"no experiment {which}with training or evaluate runs in the MLflow store {tracking_uri}")

@@ -13,8 +13,11 @@ validator's handler joining the oldest unfinished run.
 ``STARTED`` it looks for the ``MLFlowHandler`` registered on the same engine and, when there is none (tracking off) or
 on a rank other than 0, it detaches itself and costs nothing more. Otherwise it adds, into that handler's run:
 
-* tags ``workflow`` (train/evaluate), ``config_files``, ``output_dir``, ``key_metric``; and, when neither the config
-  nor the command line set MONAI's ``run_name``, a run name that says config, seed and time
+* tags ``workflow`` (train/evaluate), ``config_files``, ``output_dir``, ``key_metric``; ``bundle_workflow`` (the
+  ``metadata.json`` workflow that the command line's config files belong to, ``common.workflows``) and
+  ``bundle_workflows`` (every declared workflow, in order, comma-separated), so that ``common.report`` gives each
+  workflow of a bundle its own section; and, when neither the config nor the command line set MONAI's
+  ``run_name``, a run name that says config, seed and time
   (``common.mlflow_values.default_run_name``, e.g. ``train+evaluate seed=0 2025-01-31 14:02:11``);
 * params: every value of the ``params`` dict the config passes (``common.mlflow_values.param_values``),
   ``dataset_size`` when given, and the monai/torch/python versions;
@@ -67,6 +70,30 @@ def find_mlflow_handler(engine: Engine) -> Any | None:
         if owner is not None and type(owner).__name__ == "MLFlowHandler":
             return owner
     return None
+
+
+def bundle_workflow_tags(metadata_file: str | os.PathLike | None, step: str, config_files: list[str]) -> dict[str, str]:
+    """``{"bundle_workflow": <name>, "bundle_workflows": "<first>,<second>,..."}`` for a run of ``step`` (train or
+    evaluate) started with ``config_files`` (stems or names), from the ``workflows`` that the bundle's
+    ``metadata_file`` declares (``common.workflows.workflow_of_configs``); ``{}`` when there is no metadata file, the
+    step is not a workflow step, or the files fit no single declared workflow (``common.report`` then counts the run as
+    the bundle's first workflow). A malformed ``metadata.json`` is logged as a warning, never stops the run."""
+    from common.workflows import STEPS, bundle_workflows, workflow_of_configs
+
+    if metadata_file is None or step not in STEPS:
+        return {}
+    path = Path(str(metadata_file))
+    try:
+        flows = bundle_workflows(path.parent.parent, require_files=False)
+    except (OSError, ValueError) as e:
+        logger.warning("MLflow: no bundle_workflow tag, cannot read the workflows of %s: %s", path, e)
+        return {}
+    flow = workflow_of_configs(flows, step, config_files)
+    if flow is None:
+        logger.warning("MLflow: no bundle_workflow tag, config files %s fit none (or several) of the workflows %s "
+                       "declared in %s", config_files, [f.name for f in flows], path)
+        return {}
+    return {"bundle_workflow": flow.name, "bundle_workflows": ",".join(f.name for f in flows)}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -169,6 +196,7 @@ class MLflowRunRecorder:
         tags = {"workflow": workflow, "config_files": "+".join(config_names()) or "unknown"}
         if self.output_dir is not None:
             tags["output_dir"] = str(self.output_dir)
+        tags.update(bundle_workflow_tags(self.metadata_file, workflow, config_names()))
         self._set_tags(tags)
         logger.info("MLflow: logging %s run %s (%s) to %s", workflow, mlf.cur_run.info.run_name, self.run_id,
                     self.client.tracking_uri)

@@ -113,6 +113,112 @@ def test_report_from_store(store, tmp_path, capsys):
     _png_by_matplotlib(out / "brain_demo" / "overlays" / "train_case_a.png")
 
 
+@pytest.fixture(scope="module")
+def two_workflow_store(tmp_path_factory):
+    """One experiment ("breast_demo") holding two bundle workflows, as breast logs them: classification (an older
+    evaluate run, then the latest one, with calibration metrics and a reliability diagram) and, started after it,
+    detection (no calibration). Without grouping by ``bundle_workflow`` the newest runs (detection) hide the
+    classification's."""
+    import mlflow.entities as me
+    from matplotlib.figure import Figure
+    from mlflow import MlflowClient
+
+    from common.io import save_figure
+
+    root = tmp_path_factory.mktemp("two_workflows")
+    uri = f"sqlite:///{root / 'mlruns.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    start = int(time.time() * 1000) - 60_000
+    experiment = client.create_experiment("breast_demo", artifact_location=(root / "artifacts").as_uri())
+    declared = "classification,detection"
+
+    def run(minute: int, name: str, workflow: str, flow: str, configs: str, metrics: dict, steps=(1,), **tags):
+        created = client.create_run(experiment, start_time=start + minute * 1000, run_name=name,
+                                    tags={"workflow": workflow, "bundle_workflow": flow, "bundle_workflows": declared,
+                                          "config_files": configs, **tags})
+        client.log_batch(created.info.run_id, metrics=[me.Metric(k, v[i] if isinstance(v, tuple) else v, start, step)
+                                                       for k, v in metrics.items() for i, step in enumerate(steps)])
+        client.set_terminated(created.info.run_id, "FINISHED", end_time=start + minute * 1000 + 30_000)
+        return created.info.run_id
+
+    run(0, "train seed=0 cls", "train", "classification", "train",
+        {"train_loss_epoch": (0.7, 0.5), "val_auc": (0.6, 0.7)}, steps=(1, 2))
+    run(1, "train+evaluate stale", "evaluate", "classification", "train+evaluate",
+        {"auc": 0.5, "auc_ci95_low": 0.4, "auc_ci95_high": 0.6, "num_cases": 4}, key_metric="auc")
+    cls_eval = run(2, "train+evaluate cls", "evaluate", "classification", "train+evaluate",
+                   {"auc": 0.8, "auc_ci95_low": 0.7, "auc_ci95_high": 0.9, "accuracy": 0.75,
+                    "accuracy_ci95_low": 0.6, "accuracy_ci95_high": 0.85, "ece": 0.04, "ece_uncalibrated": 0.12,
+                    "brier": 0.1, "threshold": 0.31, "num_cases": 10}, key_metric="auc")
+    fig = Figure(figsize=(3, 3))
+    fig.subplots().plot([0, 0.5, 1], [0, 0.4, 1])
+    client.log_artifact(cls_eval, save_figure(fig, root / "src" / "reliability.png"), artifact_path="overlays")
+    run(3, "train_detection seed=0 det", "train", "detection", "train_detection",
+        {"train_loss_epoch": (0.9, 0.6), "val_froc": (0.4, 0.5)}, steps=(1, 2))
+    run(4, "train_detection+evaluate_detection det", "evaluate", "detection", "train_detection+evaluate_detection",
+        {"froc": 0.55, "froc_ci95_low": 0.45, "froc_ci95_high": 0.65, "sensitivity_at_1fp": 0.6,
+         "sensitivity_at_1fp_ci95_low": 0.5, "sensitivity_at_1fp_ci95_high": 0.7, "num_cases": 12},
+        key_metric="froc")
+    return uri
+
+
+def test_report_has_one_section_per_bundle_workflow(two_workflow_store, tmp_path):
+    """Both workflows of one experiment get their own section, each pairing its own latest train and evaluate run:
+    classification keeps the experiment's name, its metrics and its Calibration section; detection is titled
+    "<experiment> — detection" with its FROC table and no calibration."""
+    from common.report import generate_report
+
+    report = generate_report(two_workflow_store, tmp_path / "report")
+    text = report.read_text()
+    assert "(1 experiment(s), 2 workflow sections)" in text
+    summary = [line for line in text.splitlines() if line.startswith("| [breast_demo")]
+    assert summary == ["| [breast_demo](#breast_demo) | auc | 0.8 | [0.7, 0.9] | 10 | 30 s | train+evaluate cls |",
+                       "| [breast_demo — detection](#breast_demo_detection) | froc | 0.55 | [0.45, 0.65] | 12 | 30 s | "
+                       "train_detection+evaluate_detection det |"]
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings == ["## Summary", "## breast_demo", "## breast_demo — detection"]
+    classification = text[text.index("## breast_demo\n"):text.index("## breast_demo — detection")]
+    detection = text[text.index("## breast_demo — detection"):]
+
+    def table(section: str) -> list[str]:
+        return [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| metric")]
+
+    assert "Training run **train seed=0 cls**" in classification and "Run **train+evaluate cls**" in classification
+    assert table(classification) == ["| **auc** | 0.8 | [0.7, 0.9] |", "| accuracy | 0.75 | [0.6, 0.85] |",
+                                     "| brier | 0.1 | n/a |", "| ece | 0.04 | n/a |",
+                                     "| ece_uncalibrated | 0.12 | n/a |", "| threshold | 0.31 | n/a |"]
+    assert ("ECE 0.04 after temperature scaling (0.12 before); Brier score 0.1; labels at threshold 0.31 (chosen on "
+            "the validation split).") in classification
+    assert "![reliability diagram](breast_demo/overlays/evaluate_reliability.png)" in classification
+    assert "![breast_demo learning curves](breast_demo/learning_curves.png)" in classification
+    assert "Training run **train_detection seed=0 det**" in detection
+    assert "Run **train_detection+evaluate_detection det**" in detection
+    assert table(detection) == ["| **froc** | 0.55 | [0.45, 0.65] |", "| sensitivity_at_1fp | 0.6 | [0.5, 0.7] |"]
+    assert "### Calibration" not in detection and "reliability" not in detection
+    assert "![breast_demo — detection learning curves](breast_demo_detection/learning_curves.png)" in detection
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+        assert (report.parent / link).is_file(), link
+    source = Path(two_workflow_store.split("///", 1)[1]).parent / "src" / "reliability.png"
+    assert (report.parent / "breast_demo" / "overlays" / "evaluate_reliability.png").read_bytes() == source.read_bytes()
+
+
+def test_workflow_groups_fall_back_to_one_group_without_the_tag():
+    """Runs without ``bundle_workflow`` (stores written before the tag) form one group, or join the first declared
+    workflow's group when other runs declare the order."""
+    from types import SimpleNamespace
+
+    from common.report import workflow_groups
+
+    def run(name: str, **tags):
+        return SimpleNamespace(name=name, data=SimpleNamespace(tags=tags))
+
+    old = [run("e", workflow="evaluate"), run("t", workflow="train")]
+    assert [(k, [r.name for r in g]) for k, g in workflow_groups(old)] == [(None, ["e", "t"])]
+    mixed = [run("det", workflow="evaluate", bundle_workflow="detection", bundle_workflows="classification,detection"),
+             run("old", workflow="evaluate"), run("cls", workflow="train", bundle_workflow="classification")]
+    assert [(k, [r.name for r in g]) for k, g in workflow_groups(mixed)] == [("classification", ["old", "cls"]),
+                                                                              ("detection", ["det"])]
+
+
 def test_learning_curves_read_from_store(store):
     from mlflow import MlflowClient
 

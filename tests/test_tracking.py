@@ -163,6 +163,8 @@ def test_local_default_store_under_output_dir(tracked):
     client, runs = _runs(f"sqlite:///{db}")
     assert [r.data.tags.get("workflow") for r in runs] == ["train", "evaluate"]
     train, evaluate = runs
+    for run in runs:  # the fixture's metadata.json declares no workflows: its one workflow is "default"
+        assert (run.data.tags["bundle_workflow"], run.data.tags["bundle_workflows"]) == ("default", "default")
     assert train.data.params["epochs"] == "1" and train.data.params["dataset_size"] == "8"
     assert [m.step for m in client.get_metric_history(train.info.run_id, "val_mean_dice")] == [1]
     assert evaluate.info.run_name.startswith("train+evaluate seed=0 20"), evaluate.info.run_name
@@ -233,6 +235,32 @@ def test_config_names_and_run_name():
     assert default_run_name("train", argv).startswith("train+evaluate ")
     assert default_run_name("evaluate", ["x"]).startswith("evaluate 20")
     assert default_run_name("train", argv, seed=3).startswith("train+evaluate seed=3 20")
+
+
+def test_bundle_workflow_tag_names_the_declared_workflow_of_the_config_files(tmp_path):
+    """breast declares classification then detection: each train/evaluate command line (tiny and multi-GPU extras
+    included) is tagged with its own workflow; files that fit none, or two, give no tag; a broken metadata.json only
+    costs the tag."""
+    from common.tracking import bundle_workflow_tags
+
+    meta = REPO / "bundles" / "breast" / "configs" / "metadata.json"
+    both = {"bundle_workflows": "classification,detection"}
+    cases = [("train", ["train"], "classification"), ("train", ["train", "multi_gpu_train", "tiny"], "classification"),
+             ("evaluate", ["train", "evaluate", "tiny"], "classification"), ("train", ["train_detection"], "detection"),
+             ("train", ["train_detection", "multi_gpu_train_detection"], "detection"),
+             ("evaluate", ["train_detection.json", "evaluate_detection.json"], "detection")]
+    for step, names, expected in cases:
+        assert bundle_workflow_tags(meta, step, names) == {"bundle_workflow": expected, **both}, (step, names)
+    assert bundle_workflow_tags(meta, "evaluate", ["train", "evaluate", "train_detection", "evaluate_detection"]) == {}
+    assert bundle_workflow_tags(meta, "evaluate", ["my_eval"]) == {}
+    assert bundle_workflow_tags(None, "train", ["train"]) == {}
+    eye = REPO / "bundles" / "eye" / "configs" / "metadata.json"  # one workflow: whatever the files
+    assert bundle_workflow_tags(eye, "train", ["my_train"]) == {"bundle_workflow": "segmentation",
+                                                                "bundle_workflows": "segmentation"}
+    broken = tmp_path / "b" / "configs" / "metadata.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("{not json")
+    assert bundle_workflow_tags(broken, "train", ["train"]) == {}
 
 
 def test_executed_config_found_from_monai_broken_artifact_path(tmp_path):
