@@ -41,6 +41,41 @@ class SplitsFileError(DatasetError):
     """``splits.json`` does not match the data (cases missing) or is not in the :data:`FORMAT` layout."""
 
 
+class TooFewCasesError(DatasetError):
+    """Too few cases (or patients) to make a training/validation split; the message's last line names the data set
+    (folder or list file), how many were found and how many are needed."""
+
+    def __init__(self, dataset: str | os.PathLike | None, found: str, needed: str) -> None:
+        where = str(dataset) if dataset is not None else "the data"
+        super().__init__("too few cases for a train/validation split", [(where, f"{found}; {needed}")])
+
+
+def check_enough(cases: Sequence[str], groups: Mapping[str, str] | None = None,
+                 dataset: str | os.PathLike | None = None, group_by: str = "case") -> None:
+    """Refuse a seeded split of ``cases`` that could not hold one group out and still train on another.
+
+    Args:
+        cases: the case ids.
+        groups: case id -> group id (default: every case its own group).
+        dataset: the folder or list file the cases come from, named in the error.
+        group_by: what one group is (``"case"``, ``"patient"``), named in the error.
+
+    Raises:
+        TooFewCasesError: fewer than 2 groups; e.g. the last line
+            ``  - /data/training: 1 patient(s) found; a train/validation split needs at least 2 patients (one held
+            out for validation, one trained on)``.
+    """
+    count = len({str(groups[c]) if groups is not None else str(c) for c in cases})
+    if count >= 2:
+        return
+    if groups is not None and group_by != "case":
+        found = f"{len(cases)} case(s) of {count} {group_by}(s) found"
+    else:
+        found = f"{len(cases)} {group_by}(s) found"
+    raise TooFewCasesError(dataset, found, f"a train/validation split needs at least 2 {group_by}s (one held out "
+                                           f"for validation, one trained on)")
+
+
 def seeded_split(cases: Sequence[str], val_fraction: float, seed: int, groups: Mapping[str, str] | None = None,
                  strata: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
     """A seeded hold-out of ``cases`` into ``{"train": [...], "validation": [...]}`` (each in the order of ``cases``).
@@ -142,7 +177,8 @@ def training_split(output_dir: str | os.PathLike | None, cases: Sequence[str], v
                    seed: int = 0, groups: Mapping[str, str] | None = None, strata: Mapping[str, Any] | None = None,
                    given: Mapping[str, Sequence[str]] | None = None, source: str = "seeded",
                    dataset_dir: str | os.PathLike | None = None, group_by: str = "case",
-                   extra: Mapping[str, Any] | None = None) -> dict[str, list[str]]:
+                   extra: Mapping[str, Any] | None = None,
+                   dataset: str | os.PathLike | None = None) -> dict[str, list[str]]:
     """The split of ``cases`` for training: read from ``<output_dir>/splits.json`` when present, else made and
     written there (atomically, by rank 0 only).
 
@@ -155,6 +191,8 @@ def training_split(output_dir: str | os.PathLike | None, cases: Sequence[str], v
         dataset_dir: recorded in the file.
         group_by: what ``groups`` holds (``"patient"``), recorded in the file.
         extra: further keys recorded in the file (e.g. breast's ``skipped_rows``).
+        dataset: the folder or list file the cases come from, named when there are too few (default
+            ``dataset_dir``; e.g. breast's train CSV, brain's datalist JSON).
 
     Returns:
         ``{"train": [...], "validation": [...]}`` case ids. Cases of the data that a present file does not list are
@@ -162,7 +200,9 @@ def training_split(output_dir: str | os.PathLike | None, cases: Sequence[str], v
 
     Raises:
         SplitsFileError: the present file does not match the data or has an unknown layout (the file is named).
-        ValueError: see :func:`seeded_split`; ``source`` unknown.
+        TooFewCasesError: fewer than 2 groups to draw from (:func:`check_enough`), or a part of ``given`` that is
+            empty; ``dataset`` is named with the counts found and needed.
+        ValueError: ``val_fraction`` outside (0, 1), duplicate case ids (:func:`seeded_split`); ``source`` unknown.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}.")
@@ -176,9 +216,14 @@ def training_split(output_dir: str | os.PathLike | None, cases: Sequence[str], v
         logger.info("split read from %s: %d training, %d validation cases", path, len(record["train"]),
                     len(record["validation"]))
         return {part: list(record[part]) for part in PARTS}
+    named = dataset if dataset is not None else dataset_dir
     if given is not None:
         split = {part: [str(c) for c in given[part]] for part in PARTS}
+        if not all(split[part] for part in PARTS):
+            raise TooFewCasesError(named, f"{len(split['train'])} training and {len(split['validation'])} validation "
+                                          f"case(s) found", "a train/validation split needs at least 1 in each")
     else:
+        check_enough(cases, groups, named, group_by)
         split = seeded_split(cases, val_fraction, seed, groups, strata)
     if path is not None:
         from common.distributed import is_rank0

@@ -204,6 +204,18 @@ def test_info_cfg_parsing(bundle_module, tmp_path):
             data.parse_info_cfg(path)
 
 
+def test_one_patient_is_refused_naming_the_training_folder(bundle_module, tmp_path):
+    """The bundle passes its ``training`` folder to ``common.splits``: one patient cannot be split, and the last line
+    names that folder with the count found and needed (before anything is written to ``output_dir``)."""
+    bundle_module(AREA, "phantom").write_dataset(str(tmp_path / "D"), num_cases=1, image_size=32, num_test_cases=1)
+    with pytest.raises(ValueError) as error:
+        bundle_module(AREA, "data").training_split(str(tmp_path / "D"), str(tmp_path / "out"))
+    assert describe(error.value).splitlines()[-1] == (
+        f"  - {tmp_path / 'D' / 'training'}: 1 patient(s) found; a train/validation split needs at least 2 patients "
+        f"(one held out for validation, one trained on)")
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------------------------------------- phantom
 def test_phantom_ground_truth_ef_and_determinism(bundle_module, tiny_dir, tmp_path):
     data, clinical = bundle_module(AREA, "data"), bundle_module(AREA, "clinical")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from common import splits
+from common.validation import DatasetError
 
 CASES = ["a", "b", "c", "d", "e"]
 
@@ -42,6 +43,38 @@ def test_too_few_cases_or_bad_fraction_are_errors():
         splits.seeded_split(["a"], 0.5, 0)
     with pytest.raises(ValueError, match="in \\(0, 1\\)"):
         splits.seeded_split(CASES, 1.0, 0)
+
+
+NEEDED = "(one held out for validation, one trained on)"
+
+
+def test_too_few_cases_name_the_data_set_and_the_counts_found_and_needed(tmp_path):
+    # one case: nothing to hold out; the data set folder (dataset_dir) is named on the last line, nothing is written
+    with pytest.raises(splits.TooFewCasesError) as error:
+        splits.training_split(tmp_path / "out", ["a"], dataset_dir="/data/cases")
+    assert isinstance(error.value, DatasetError) and isinstance(error.value, ValueError)
+    assert str(error.value).splitlines()[-1] == (
+        f"  - /data/cases: 1 case(s) found; a train/validation split needs at least 2 cases {NEEDED}")
+    assert not (tmp_path / "out").exists()
+    # two views of one patient: 2 cases but 1 patient; the list file given as ``dataset`` is named, not dataset_dir
+    with pytest.raises(splits.TooFewCasesError) as error:
+        splits.training_split(None, ["p1_cc", "p1_mlo"], groups={"p1_cc": "p1", "p1_mlo": "p1"}, group_by="patient",
+                              dataset_dir="/data", dataset="/data/train.csv")
+    assert str(error.value).splitlines()[-1] == (
+        f"  - /data/train.csv: 2 case(s) of 1 patient(s) found; a train/validation split needs at least 2 patients "
+        f"{NEEDED}")
+    # no case at all (an empty folder)
+    with pytest.raises(splits.TooFewCasesError, match=r"  - /empty: 0 case\(s\) found; .* at least 2 cases"):
+        splits.training_split(None, [], dataset_dir="/empty")
+    # a split named by a datalist with an empty part
+    with pytest.raises(splits.TooFewCasesError) as error:
+        splits.training_split(None, ["a", "b"], given={"train": ["a", "b"], "validation": []}, source="datalist",
+                              dataset="/data/list.json")
+    assert str(error.value).splitlines()[-1] == (
+        "  - /data/list.json: 2 training and 0 validation case(s) found; a train/validation split needs at least 1 in "
+        "each")
+    # two cases are enough: default_rng(0) keeps the order [a, b]; 0.5 of 2 holds out one, the first
+    assert splits.training_split(None, ["a", "b"], 0.5, dataset_dir="/data") == {"train": ["b"], "validation": ["a"]}
 
 
 def test_written_once_then_re_read_even_with_another_seed(tmp_path):

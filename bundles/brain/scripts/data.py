@@ -128,8 +128,9 @@ def training_split(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike
     location and still empty.
 
     Raises:
-        common.validation.DatasetError: bad data (every problem listed), or a ``splits.json`` that does not match
-            the data (the file named); ValueError: fewer than 2 cases.
+        common.validation.DatasetError: bad data (every problem listed), a ``splits.json`` that does not match
+            the data (the file named), or fewer than 2 cases (``common.splits.TooFewCasesError``: the folder, or the
+            datalist, named with the counts found and needed).
     """
     from common.splits import select
     from common.splits import training_split as split_cases
@@ -145,11 +146,9 @@ def training_split(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike
         given = {"train": [i["case"] for i in train], "validation": [i["case"] for i in val]}
     else:
         items, given = load_cases(dataset_dir), None
-        if len(items) < 2:
-            raise ValueError(f"brain dataset {dataset_dir}: {len(items)} case(s); training needs at least 2 "
-                             f"(one is held out for validation).")
     ids = split_cases(output_dir, [i["case"] for i in items], val_fraction, seed, given=given,
-                      source="datalist" if datalist else "seeded", dataset_dir=dataset_dir)
+                      source="datalist" if datalist else "seeded", dataset_dir=dataset_dir,
+                      dataset=datalist or dataset_dir)
     return {"train": select(items, ids["train"]), "validation": select(items, ids["validation"])}
 
 

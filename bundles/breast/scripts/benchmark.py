@@ -25,13 +25,34 @@ BUNDLE = Path(__file__).resolve().parent.parent
 REPO = BUNDLE.parent.parent
 sys.path.insert(0, str(REPO))
 
-from common.benchmark import config_list, median_ms_per_item, run_bundle, write_results  # noqa: E402
+from common.benchmark import (  # noqa: E402
+    held_out_options,
+    median_ms_per_item,
+    synthesize_once,
+    train_evaluate_infer,
+    write_results,
+)
+
+MARKER = "mass_case_description_test_set.csv"  # the last file the synthesizers write
 
 
-def bundle_cmd(name: str, configs: list[str], log_dir: Path, *args: str | Path) -> dict:
-    """Run ``python -m monai.bundle run`` with the given configs from the repository root (log
-    ``<log_dir>/<name>.log``); return its wall time (s) and peak RSS (MiB)."""
-    return run_bundle(["run", "--config_file", config_list(BUNDLE, *configs), *args], log_dir / f"{name}.log")
+def held_out_sets(args: argparse.Namespace, workflow: str = "") -> tuple[Path, Path, dict[int, float]]:
+    """The training set (``--seed``) in ``<work_dir>/train_data`` and the held-out set (``--heldout_seed``) in
+    ``<work_dir>/heldout_data``, ``--num_cases`` each, written by the ``synthesize<workflow>`` workflow unless an
+    earlier run left them (:func:`common.benchmark.synthesize_once`); this benchmark's and the detector's
+    (``workflow`` ``"_detection"``).
+
+    Returns:
+        ``(train_dir, heldout_dir, {seed: wall s of the set written now})``.
+    """
+    work = Path(args.work_dir)
+    folders, made = (work / "train_data", work / "heldout_data"), {}
+    for folder, seed in zip(folders, (args.seed, args.heldout_seed)):
+        seconds = synthesize_once(BUNDLE, folder, MARKER, work / "logs" / f"synthesize{workflow}_{folder.name}.log",
+                                  "--num_cases", args.num_cases, "--seed", seed, config=f"synthesize{workflow}")
+        if seconds is not None:
+            made[seed] = seconds
+    return folders[0], folders[1], made
 
 
 def roi_features(items: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -92,27 +113,14 @@ def time_inference(test_dir: Path, ckpt: Path, threads: int) -> dict:
 def main(args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(BUNDLE))
     work = Path(args.work_dir)
-    train_dir, test_dir, out, pred = work / "train_data", work / "heldout_data", work / "out", work / "pred"
+    train_dir, test_dir, made = held_out_sets(args)
     result: dict = {"settings": vars(args)}
-    logs = work / "logs"
-    for folder, seed, key in ((train_dir, args.seed, "synthesize_s"), (test_dir, args.heldout_seed, None)):
-        if not (folder / "mass_case_description_test_set.csv").is_file():  # reuse a set written by an earlier run
-            made = bundle_cmd(f"synthesize_{folder.name}", ["synthesize"], logs, "--dataset_dir", folder,
-                              "--num_cases", args.num_cases, "--seed", seed)
-            if key:
-                result[key] = made["wall_s"]
-    train_args = ["--epochs", args.epochs] if args.epochs else []
-    train = bundle_cmd("train", ["train"], logs, "--dataset_dir", train_dir, "--output_dir", out, *train_args)
-    result["train_s"], result["peak_rss_train_mib"] = train["wall_s"], train["peak_rss_mib"]
-    evaluate = bundle_cmd("evaluate", ["train", "evaluate"], logs, "--dataset_dir", test_dir, "--output_dir", out)
-    result["evaluate_s"] = evaluate["wall_s"]
-    result["metrics"] = json.loads((out / "metrics.json").read_text())
-    inference = bundle_cmd("inference", ["inference"], logs, "--input_dir", test_dir, "--output_dir", pred,
-                           "--ckpt_path", out / "models" / "model.pt")
-    result["inference_s"] = inference["wall_s"]
-    result["peak_rss_mib"] = max(train["peak_rss_mib"], evaluate["peak_rss_mib"], inference["peak_rss_mib"])
+    if args.seed in made:
+        result["synthesize_s"] = made[args.seed]
+    result.update(train_evaluate_infer(BUNDLE, work, train_dir, test_dir, test_dir,
+                                       train_args=["--epochs", args.epochs] if args.epochs else []))
     result["baseline_auc_size_intensity"] = baseline_auc(train_dir, test_dir)
-    result["speed"] = [time_inference(test_dir, out / "models" / "model.pt", t) for t in (1, 2)]
+    result["speed"] = [time_inference(test_dir, work / "out" / "models" / "model.pt", t) for t in (1, 2)]
     result["case_study_hadush_2020"] = {"accuracy": 0.9186, "precision": 0.8765, "sensitivity": 0.9467,
                                         "specificity": 0.8969, "auc": 0.922}
     write_results(work, result)
@@ -120,12 +128,7 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work_dir", required=True, help="folder for the synthetic sets, outputs, logs and the JSON")
-    parser.add_argument("--num_cases", type=int, default=400, help="training masses (held-out test: half as many)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the training set")
-    parser.add_argument("--heldout_seed", type=int, default=1, help="seed of the held-out set")
-    parser.add_argument("--epochs", type=int, default=0, help="training epochs (0: train.json's default)")
+    parser = held_out_options(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]), 400, "masses")
     return parser.parse_args(argv)
 
 

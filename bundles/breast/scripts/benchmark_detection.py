@@ -7,42 +7,27 @@ Run from the repository root::
 
 It synthesizes a training set (``--num_cases`` mammograms, ``--seed``) and a held-out set of another seed (its test
 CSVs are the test set), trains with ``train_detection.json`` (``--epochs``), evaluates and infers through the bundle
-commands (subprocesses), scores the classical baseline (:func:`baseline_rows`: multi-scale Laplacian-of-Gaussian blob
-detection, its scale range fitted to the training boxes and its scale factor chosen by training FROC) with the same
-metrics, times inference per image in-process and writes everything to one JSON file.
+commands (subprocesses, ``common.benchmark.train_evaluate_infer``: logs in ``<work_dir>/logs``), scores the classical
+baseline (:func:`baseline_rows`: multi-scale Laplacian-of-Gaussian blob detection, its scale range fitted to the
+training boxes and its scale factor chosen by training FROC) with the same metrics, times inference per image
+in-process and writes everything to ``<work_dir>/benchmark_results.json`` (``common.benchmark``, atomically; peak RSS
+of each command in MiB).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 BUNDLE = Path(__file__).resolve().parent.parent
-REPO = BUNDLE.parent.parent
-CONFIGS = "bundles/breast/configs"
+sys.path[:0] = [str(BUNDLE.parent.parent), str(BUNDLE)]  # common, and this bundle's scripts package
 
-
-def bundle_cmd(configs: list[str], *args: str | Path) -> float:
-    """Run ``python -m monai.bundle run`` with the given configs from the repository root; return wall seconds."""
-    files = "[" + ",".join(f"'{CONFIGS}/{c}.json'" for c in configs) + "]"
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *[str(a) for a in args]]
-    start = time.perf_counter()
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"failed: {' '.join(command)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - start
-
-
-def peak_rss_mib() -> float:
-    """Largest resident set of any finished child process so far (MiB)."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+from common.benchmark import held_out_options, median_ms_per_item, train_evaluate_infer, write_results  # noqa: E402
+from scripts.benchmark import held_out_sets  # noqa: E402
 
 
 def _windowed_grid(item: dict, scale: float) -> tuple[np.ndarray, tuple, tuple]:
@@ -121,8 +106,6 @@ def time_inference(test_dir: Path, ckpt: Path, threads: int) -> dict:
     parser["ckpt_path"] = str(ckpt)
     net, pre = parser.get_parsed_content("network_def"), parser.get_parsed_content("preprocessing")
     net.load_state_dict(torch.load(ckpt, map_location="cpu"))
-    from common.benchmark import median_ms_per_item
-
     items = evaluation_cases(test_dir)
     end_to_end, network = median_ms_per_item(items, lambda item: pre({"image": item["image"]})["image"],
                                              lambda x: detect(net, [x]), warmup=3)
@@ -131,40 +114,23 @@ def time_inference(test_dir: Path, ckpt: Path, threads: int) -> dict:
 
 
 def main(args: argparse.Namespace) -> dict:
-    sys.path.insert(0, str(BUNDLE))
     work = Path(args.work_dir)
-    train_dir, test_dir, out, pred = work / "train_data", work / "heldout_data", work / "out", work / "pred"
-    result: dict = {"settings": vars(args)}
-    for folder, seed in ((train_dir, args.seed), (test_dir, args.heldout_seed)):
-        if not (folder / "mass_case_description_test_set.csv").is_file():  # reuse a set written by an earlier run
-            result[f"synthesize_s_seed{seed}"] = bundle_cmd(["synthesize_detection"], "--dataset_dir", folder,
-                                                            "--num_cases", args.num_cases, "--seed", seed)
-    train_args = ["--epochs", args.epochs] if args.epochs else []
-    if not args.skip_training:
-        result["train_s"] = bundle_cmd(["train_detection"], "--dataset_dir", train_dir, "--output_dir", out,
-                                       *train_args)
-        result["peak_rss_train_mib"] = peak_rss_mib()
-    result["evaluate_s"] = bundle_cmd(["train_detection", "evaluate_detection"], "--dataset_dir", test_dir,
-                                      "--output_dir", out)
-    result["metrics"] = json.loads((out / "metrics.json").read_text())
-    result["inference_s"] = bundle_cmd(["inference_detection"], "--input_dir", test_dir, "--output_dir", pred,
-                                       "--ckpt_path", out / "models" / "model.pt")
-    result["peak_rss_all_mib"] = peak_rss_mib()
+    train_dir, test_dir, made = held_out_sets(args, "_detection")
+    result: dict = {"settings": vars(args), **{f"synthesize_s_seed{seed}": s for seed, s in made.items()}}
+    result.update(train_evaluate_infer(BUNDLE, work, train_dir, test_dir, test_dir, workflow="_detection",
+                                       train_args=["--epochs", args.epochs] if args.epochs else [],
+                                       train=not args.skip_training))
     result["baseline_log_blobs"] = baseline(train_dir, test_dir, args.scale)
-    result["speed"] = [time_inference(test_dir, out / "models" / "model.pt", 1)]
+    result["speed"] = [time_inference(test_dir, work / "out" / "models" / "model.pt", 1)]
     result["case_study_hadush_2020"] = {"detection_accuracy": 0.9186, "sensitivity": 0.9467, "auc": 0.922,
                                         "data": "private mammograms from Ethiopian hospitals (not CBIS-DDSM)"}
-    (work / "benchmark_detection.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_results(work, result)
     return result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work_dir", required=True, help="folder for the synthetic sets, outputs and the JSON")
-    parser.add_argument("--num_cases", type=int, default=120, help="training mammograms (held-out: half as many)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the training set")
-    parser.add_argument("--heldout_seed", type=int, default=1, help="seed of the held-out set")
-    parser.add_argument("--epochs", type=int, default=0, help="training epochs (0: train_detection.json's default)")
+    parser = held_out_options(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]), 120, "mammograms",
+                              "train_detection.json")
     parser.add_argument("--scale", type=float, default=0.5, help="the detector's grid scale (as trained)")
     parser.add_argument("--skip_training", action="store_true", help="reuse the model in <work_dir>/out")
     return parser.parse_args(argv)

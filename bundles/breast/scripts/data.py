@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from common.cli import as_bool
-from common.validation import DatasetError, Problems, check_dir
+from common.validation import Problems, check_dir
 from scripts.dicom import DicomError, check_decodable, read_dicom, read_header
 
 logger = logging.getLogger(__name__)
@@ -328,9 +328,9 @@ def training_split(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike
     from there when present (:func:`common.splits.training_split`).
 
     Raises:
-        common.validation.DatasetError: every problem of the data listed (see :func:`validate`), or a
-            ``splits.json`` that does not match the data (the file named).
-        ValueError: fewer than 2 patients (no training or no validation part).
+        common.validation.DatasetError: every problem of the data listed (see :func:`validate`), a
+            ``splits.json`` that does not match the data (the file named), or fewer than 2 patients (the train CSV
+            named, :func:`split_by_patient`).
     """
     if synthetic:
         prepare_synthetic(dataset_dir, **synthetic)
@@ -348,20 +348,15 @@ def split_by_patient(dataset_dir: str | os.PathLike, output_dir: str | os.PathLi
     in ``<output_dir>/splits.json``; the classifier's and the detector's ``training_split``.
 
     Raises:
-        common.validation.DatasetError: a ``splits.json`` that does not match the data (the file named).
-        ValueError: fewer than 2 patients, naming the train CSV.
+        common.validation.DatasetError: a ``splits.json`` that does not match the data (the file named), or fewer
+            than 2 patients (``common.splits.TooFewCasesError``, naming the train CSV and the counts).
     """
     from common.splits import select
     from common.splits import training_split as split_cases
 
-    try:
-        ids = split_cases(output_dir, [i["case"] for i in items], val_fraction, seed,
-                          groups={i["case"]: i["patient"] for i in items}, strata=strata, dataset_dir=dataset_dir,
-                          group_by="patient", extra=extra)
-    except ValueError as e:
-        if isinstance(e, DatasetError):
-            raise
-        raise ValueError(f"{csv_path(dataset_dir, 'train')}: too few patients for a train/val split: {e}") from None
+    ids = split_cases(output_dir, [i["case"] for i in items], val_fraction, seed,
+                      groups={i["case"]: i["patient"] for i in items}, strata=strata, dataset_dir=dataset_dir,
+                      group_by="patient", extra=extra, dataset=csv_path(dataset_dir, "train"))
     return {"train": select(items, ids["train"]), "validation": select(items, ids["validation"])}
 
 

@@ -229,8 +229,8 @@ def training_split(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike
     and read back from there when present.
 
     Raises:
-        common.validation.DatasetError: every problem of the train CSVs listed (:func:`validate`), or a
-            ``splits.json`` that does not match the data; ValueError: fewer than 2 patients (the CSV named).
+        common.validation.DatasetError: every problem of the train CSVs listed (:func:`validate`), a
+            ``splits.json`` that does not match the data, or fewer than 2 patients (the train CSV named).
     """
     if synthetic:
         prepare_synthetic(dataset_dir, **synthetic)

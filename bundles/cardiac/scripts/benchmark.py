@@ -23,16 +23,7 @@ BUNDLE = REPO / "bundles" / "cardiac"
 CONFIGS = BUNDLE / "configs"
 sys.path.insert(0, str(REPO))
 
-from common.benchmark import config_list, run_bundle, write_results  # noqa: E402
-
-
-def bundle_run(name: str, configs: list[str], env: dict, log_dir: Path, **overrides) -> dict:
-    """Run ``python -m monai.bundle run`` with the given configs and overrides (log ``<log_dir>/<name>.log``);
-    return its wall time (s) and peak RSS (MiB)."""
-    args = ["run", "--config_file", config_list(BUNDLE, *configs)]
-    for key, value in overrides.items():
-        args += [f"--{key}", str(value)]
-    return run_bundle(args, log_dir / f"{name}.log", env=env)
+from common.benchmark import run_workflow, train_evaluate_infer, write_results  # noqa: E402
 
 
 def baseline_metrics(test_dir: Path) -> dict:
@@ -104,22 +95,15 @@ def main(args: argparse.Namespace) -> dict:
     train_dir, test_root, out = work / "train", work / "heldout", work / "out"
     res: dict = {"threads": args.threads, "num_train": args.num_train, "num_test": args.num_test}
     logs = work / "logs"
-    res["synthesize_s"] = bundle_run("synthesize_train", ["synthesize"], env, logs, dataset_dir=train_dir,
-                                     num_cases=args.num_train, num_test_cases=1, seed=0)["wall_s"]
-    bundle_run("synthesize_heldout", ["synthesize"], env, logs, dataset_dir=test_root, num_cases=1,
-               num_test_cases=args.num_test, seed=1)
-    extra = {"epochs": args.epochs} if args.epochs else {}
-    train = bundle_run("train", ["train"], env, logs, dataset_dir=train_dir, output_dir=out, **extra)
-    res["train_s"], res["peak_rss_train_mib"] = train["wall_s"], train["peak_rss_mib"]
+    res["synthesize_s"] = run_workflow(BUNDLE, "synthesize", logs / "synthesize_train.log", "--dataset_dir",
+                                       train_dir, "--num_cases", args.num_train, "--num_test_cases", 1, "--seed", 0,
+                                       env=env)["wall_s"]
+    run_workflow(BUNDLE, "synthesize", logs / "synthesize_heldout.log", "--dataset_dir", test_root, "--num_cases", 1,
+                 "--num_test_cases", args.num_test, "--seed", 1, env=env)
     # evaluate reads <dataset_dir>/testing: the held-out patients of the seed-1 set
-    evaluate = bundle_run("evaluate", ["train", "evaluate"], env, logs, dataset_dir=test_root, output_dir=out)
-    res["evaluate_s"] = evaluate["wall_s"]
-    res["metrics"] = json.loads((out / "metrics.json").read_text())
-    inference = bundle_run("inference", ["inference"], env, logs, input_dir=test_root / "testing",
-                           output_dir=work / "pred", ckpt_path=out / "models" / "model.pt")
-    res["inference_s"] = inference["wall_s"]
+    res.update(train_evaluate_infer(BUNDLE, work, train_dir, test_root, test_root / "testing",
+                                    train_args=["--epochs", args.epochs] if args.epochs else [], env=env))
     res["inference_s_per_patient_whole_command"] = res["inference_s"] / args.num_test
-    res["peak_rss_mib"] = max(train["peak_rss_mib"], evaluate["peak_rss_mib"], inference["peak_rss_mib"])
     res["baseline"] = baseline_metrics(test_root / "testing")
     res.update(network_timing(args.threads, test_root / "testing", out / "models" / "model.pt"))
     res["peer_ms_per_10_slice_volume_256"] = 162.0

@@ -181,8 +181,9 @@ def training_split(dataset_dir: str, output_dir: str | None = None, val_fraction
     ``<output_dir>/splits.json`` and read back from there when present (:func:`common.splits.training_split`).
 
     Raises:
-        DatasetError: the training split has problems (all listed), or a ``splits.json`` that does not match the
-            data (the file named); ValueError: fewer than 2 patients.
+        DatasetError: the training split has problems (all listed), a ``splits.json`` that does not match the
+            data (the file named), or fewer than 2 patients (``common.splits.TooFewCasesError``: the ``training``
+            folder named with the counts found and needed).
     """
     from common.splits import select
     from common.splits import training_split as split_cases
@@ -191,7 +192,8 @@ def training_split(dataset_dir: str, output_dir: str | None = None, val_fraction
         prepare_synthetic(str(dataset_dir), **synthetic)
     items = check_split(str(dataset_dir), "training")
     patients = sorted({i["patient"] for i in items})
-    ids = split_cases(output_dir, patients, val_fraction, seed, dataset_dir=dataset_dir, group_by="patient")
+    ids = split_cases(output_dir, patients, val_fraction, seed, dataset_dir=dataset_dir, group_by="patient",
+                      dataset=Path(str(dataset_dir)) / "training")
     return {part: select(items, ids[part], key="patient") for part in ("train", "validation")}
 
 

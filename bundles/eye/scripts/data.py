@@ -166,7 +166,8 @@ def training_split(dataset_dir: str, output_dir: str | None = None, val_fraction
         prepare_synthetic(str(dataset_dir), **synthetic)
     check_dataset(str(dataset_dir), splits=("training",), min_cases=2, min_size=min_size)
     cases = list_split(dataset_dir, "training")
-    ids = split_cases(output_dir, [c["case"] for c in cases], val_fraction, seed, dataset_dir=dataset_dir)
+    ids = split_cases(output_dir, [c["case"] for c in cases], val_fraction, seed, dataset_dir=dataset_dir,
+                      dataset=Path(str(dataset_dir)) / "training" / "images")
     return {"train": select(cases, ids["train"]), "validation": select(cases, ids["validation"])}
 
 
