@@ -40,12 +40,73 @@ def import_bundle_module(area: str, module: str) -> ModuleType:
         sys.path.remove(root)
 
 
+#: environment variables read when an interpreter or its libraries start: a command that sets one of them to another
+#: value than this process has runs in a fresh interpreter, not in a fork of the pre-imported one (fork_runner.py)
+_START_UP_ENV = ("PYTHON", "OMP_", "MKL_", "KMP_", "GLIBC_", "LD_", "MALLOC_", "CUDA_", "TORCH", "MONAI")
+
+
+class _ForkRunner:
+    """Client of ``fork_runner.py`` (one server per test process, started on first use, ended with the process)."""
+
+    def __init__(self) -> None:
+        self.server: subprocess.Popen | None = None
+
+    def usable(self, env: dict) -> bool:
+        if os.environ.get("BUNDLE_TESTS_FORK", "1") == "0" or not hasattr(os, "fork"):
+            return False
+        return all(env.get(k) == os.environ.get(k) for k in set(env) | set(os.environ)
+                   if k.startswith(_START_UP_ENV) and k != "PYTHONWARNINGS") and env.get("PYTHONWARNINGS") == "ignore"
+
+    def _start(self) -> subprocess.Popen:
+        if self.server is None or self.server.poll() is not None:
+            self.server = subprocess.Popen([sys.executable, str(REPO / "tests" / "fork_runner.py")], cwd=str(REPO),
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+                                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            import atexit
+
+            atexit.register(self.server.kill)
+        return self.server
+
+    def run(self, command: list[str], cwd: str, env: dict, timeout: float) -> subprocess.CompletedProcess:
+        import json
+        import select
+        import signal
+        import tempfile
+
+        server = self._start()
+        with tempfile.TemporaryDirectory(prefix="fork_runner_") as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            server.stdin.write(json.dumps({"args": command[3:], "cwd": cwd, "env": env, "stdout": str(out),
+                                           "stderr": str(err)}) + "\n")
+            server.stdin.flush()
+            pid = json.loads(server.stdout.readline())["pid"]
+            ready, _, _ = select.select([server.stdout], [], [], timeout)
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+            status = json.loads(server.stdout.readline())["status"]
+            stdout, stderr = (p.read_text(errors="replace") if p.exists() else "" for p in (out, err))
+        if not ready:
+            raise subprocess.TimeoutExpired(command, timeout, output=stdout, stderr=stderr)
+        return subprocess.CompletedProcess(command, status, stdout, stderr)
+
+
+_FORK_RUNNER = _ForkRunner()
+
+
 def run_monai_bundle(args: list[str], cwd: str | os.PathLike | None = None, expect_ok: bool = True,
                      timeout: float = 900, env: dict | None = None, prefix: list[str] | None = None):
-    """Run ``python -m monai.bundle <args>`` (or ``prefix + args``) in a subprocess from the repository root."""
-    command = (prefix or [sys.executable, "-m", "monai.bundle"]) + [str(a) for a in args]
+    """Run ``python -m monai.bundle <args>`` (or ``prefix + args``) from the repository root (or ``cwd``) and return
+    its ``subprocess.CompletedProcess``. Plain ``monai.bundle`` commands run in a fork of a pre-imported interpreter
+    (``fork_runner.py``: the same command, without its ~5 s of imports) unless ``env`` changes what an interpreter
+    reads at start-up; any ``prefix`` (e.g. torchrun) starts a real process."""
+    default = [sys.executable, "-m", "monai.bundle"]
+    command = (prefix or default) + [str(a) for a in args]
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
-    proc = subprocess.run(command, cwd=str(cwd or REPO), capture_output=True, text=True, timeout=timeout, env=full_env)
+    if command[:3] == default and _FORK_RUNNER.usable(full_env):
+        proc = _FORK_RUNNER.run(command, str(cwd or REPO), full_env, timeout)
+    else:
+        proc = subprocess.run(command, cwd=str(cwd or REPO), capture_output=True, text=True, timeout=timeout,
+                              env=full_env)
     if expect_ok and proc.returncode != 0:
         pytest.fail(f"command failed ({proc.returncode}): {' '.join(command)}\n--- stdout (tail)\n{proc.stdout[-4000:]}"
                     f"\n--- stderr (tail)\n{proc.stderr[-6000:]}")

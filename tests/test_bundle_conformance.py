@@ -267,6 +267,37 @@ def test_train_properties_and_outputs(pipeline, tmp_path):
     assert missing == [], f"{flow.configs['train']} fail MONAI's train property check: {missing}"
 
 
+def test_missing_checkpoint_is_refused_before_any_output(pipeline, tmp_path):
+    """Evaluate and inference with a ``--ckpt_path`` that does not exist, run as ``monai.bundle run`` runs them
+    (``ConfigWorkflow``: initialize, run), in this interpreter: the root cause (``common.errors.describe``, what the
+    last line of a real run shows; the excepthook itself is pinned in tests/test_workflow_endings.py) names the
+    checkpoint and says it does not exist, and neither run writes its outputs (metrics.json, predictions)."""
+    from monai.bundle import ConfigWorkflow
+
+    from common.errors import describe
+
+    copy, flow = pipeline["copy"], pipeline["flow"]
+    missing = tmp_path / "never_trained" / "model.pt"
+    runs = {"evaluate": {"dataset_dir": str(pipeline["data"]), "output_dir": str(tmp_path / "evaluate")},
+            "inference": {"input_dir": str(pipeline["data"] / flow.inference_input) if flow.inference_input
+                          else str(pipeline["data"]), "output_dir": str(tmp_path / "inference")}}
+    for step, overrides in runs.items():
+        with bundle_in_process(copy):
+            configs = [str(copy / "configs" / n) for n in (*flow.configs[step], "tiny.json")]
+            with pytest.raises(Exception) as info:
+                workflow = ConfigWorkflow(config_file=configs, meta_file=str(copy / "configs" / "metadata.json"),
+                                          logging_file=False, workflow_type=None, bundle_root=str(copy),
+                                          ckpt_path=str(missing), **overrides)
+                workflow.initialize()
+                workflow.run()
+        reason = describe(info.value)
+        assert str(missing) in reason and "does not exist" in reason, f"{flow.configs[step]}: {reason}"
+        out = Path(overrides["output_dir"])
+        written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) if out.exists() else []
+        assert not [f for f in written if f.endswith((".json", ".csv")) or f.startswith("predictions")], \
+            f"{flow.configs[step]} wrote {written} without a checkpoint"
+
+
 #: bundles whose inference.json is not yet the evaluator form (issue 19 item 2): their checks are strict xfails
 INFERENCE_NOT_CONVERTED: set[str] = set()
 #: ids of the one inference entry (docs/bundle-conventions.md), beside MONAI's required inference properties

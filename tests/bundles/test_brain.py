@@ -217,15 +217,6 @@ def test_evaluate_and_inference_geometry(trained, tiny_data, tmp_path):
         assert set(np.unique(np.asarray(written.dataobj)).tolist()) <= {0, 1, 2, 4}
 
 
-def test_inference_without_checkpoint_is_a_clear_error(tiny_data, tmp_path):
-    proc = run_monai_bundle(["run", "--config_file", config_list(AREA, "inference", "tiny"), "--input_dir",
-                             tiny_data, "--output_dir", tmp_path / "pred", "--ckpt_path", tmp_path / "none.pt"],
-                            expect_ok=False)
-    assert proc.returncode != 0
-    assert "none.pt does not exist" in proc.stderr + proc.stdout
-    assert not (tmp_path / "pred" / "predictions").exists()
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # bad input: each problem names the case and file, before any compute; nothing half-written
 # ---------------------------------------------------------------------------------------------------------------------

@@ -697,16 +697,9 @@ def test_train_evaluate_infer_outputs(trained):
     assert not list(pred.rglob(".*.tmp*")) and not list(out.rglob(".*.tmp*"))
 
 
-def test_evaluate_without_checkpoint_fails_clearly(tiny_data, tmp_path):
-    out = tmp_path / "fresh"
-    proc = run_monai_bundle(["run", "--config_file", config_list(AREA, "train", "evaluate", "tiny"),
-                             "--dataset_dir", tiny_data, "--output_dir", out], expect_ok=False)
-    assert proc.returncode != 0
-    assert f"checkpoint {out}/models/model.pt does not exist: train first" in proc.stdout + proc.stderr
-    assert not (out / "metrics.json").exists()
-
-
 # --------------------------------------------------------------------------------------------- transfer (issue 16)
+# CI: conformance fine-tunes every bundle with --freeze encoder (torchrun); mechanics: tests/common/test_transfer.py
+@pytest.mark.slow
 def test_fine_tune_from_the_shared_model_with_frozen_encoder(trained, tiny_data, tmp_path):
     """The standard train command with ``--pretrained_ckpt <shared tiny model.pt> --freeze encoder``: every tensor
     loads, the five convolution blocks (weights and BatchNorm statistics) come out bit-identical while the head

@@ -123,10 +123,11 @@ def test_cardiac_clinical_intervals_and_uncertainty_maps(tiny_pipeline, tmp_path
         assert u.shape == frame.shape and u.get_data_dtype() == np.float32
         np.testing.assert_allclose(u.affine, frame.affine, atol=1e-5)
         assert float(np.asarray(u.dataobj).max()) <= math.log(4) + 1e-5
-    # the same model without uncertainty: today's columns only
-    _infer(pipeline, testing, tmp_path / "plain", ckpt=models / "model.pt")
-    assert len(list(_rows(tmp_path / "plain" / "clinical.csv"))[0]) == 8
-    assert not (tmp_path / "plain" / "uncertainty.csv").exists()
+    # the same model and inputs without uncertainty (the shared run's plain inference): today's columns only
+    plain = pipeline["pred"]
+    assert [r["patient"] for r in _rows(plain / "clinical.csv")] == [r["patient"] for r in rows]
+    assert len(list(_rows(plain / "clinical.csv"))[0]) == 8
+    assert not (plain / "uncertainty.csv").exists()
 
 
 def test_eye_evaluate_reports_uncertainty_measures_with_cis(tiny_pipeline, tmp_path):
