@@ -227,7 +227,14 @@ def expected_calibration_error(probs: Any, labels: Any, n_bins: int = N_BINS) ->
 
 def brier_score(probs: Any, labels: Any) -> float | None:
     """Mean squared error of the probabilities: binary ``(N,)`` mean (p - y)^2 (scikit-learn's
-    ``brier_score_loss``); ``(N, C)`` mean over cases of sum over classes (p_c - [y = c])^2. None for no case."""
+    ``brier_score_loss`` with ``pos_label=1``, written out: the bootstrap of ``metrics.json`` calls it on every
+    resample and scikit-learn's argument validation cost 10x the arithmetic); ``(N, C)`` mean over cases of sum over
+    classes (p_c - [y = c])^2. None for no case, or binary probabilities with a label other than 0/1.
+
+    Raises:
+        ValueError: a binary probability outside [0, 1] (as ``brier_score_loss``), or labels that are not class
+            indices.
+    """
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim == 2 and p.shape[1] == 1:
         p = p[:, 0]
@@ -235,9 +242,9 @@ def brier_score(probs: Any, labels: Any) -> float | None:
         return None
     y = _labels(labels, p.shape[0])
     if p.ndim == 1:
-        from sklearn.metrics import brier_score_loss
-
-        return float(brier_score_loss(y, p, pos_label=1)) if set(np.unique(y)) <= {0, 1} else None
+        if p.max() > 1 or p.min() < 0:
+            raise ValueError(f"probabilities must lie in [0, 1], got values from {p.min()} to {p.max()}")
+        return float(np.mean((p - y) ** 2)) if y.max() <= 1 else None
     onehot = np.eye(p.shape[1])[y]
     return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
 

@@ -375,18 +375,18 @@ def test_train_outputs(trained):
 
 def test_evaluate_writes_fov_metrics(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
-    assert metrics["key_metric"] == "dice" and metrics["num_cases"] == 8
+    assert metrics["key_metric"] == "dice" and metrics["num_cases"] == TINY["num_test"]
     for name in ("dice", "auc", "accuracy", "sensitivity", "specificity"):
         value, (low, high) = metrics[name], metrics[f"{name}_ci95"]
         assert 0.0 <= low <= value <= high <= 1.0, name
     rows = (trained / "metrics_per_case.csv").read_text().splitlines()
-    assert rows[0].startswith("case,dice,auc") and len(rows) == 9 and rows[1].startswith("01_test,")
+    assert rows[0].startswith("case,dice,auc") and len(rows) == 1 + TINY["num_test"] and rows[1].startswith("01_test,")
 
 
 def test_inference_outputs_at_input_size(tiny_pipeline, tiny_dir):
     out = tiny_pipeline(AREA)["pred"]  # the shared run inferred on the test images
     files = sorted(p.name for p in (out / "predictions").iterdir())
-    assert len(files) == 16 and files[:2] == ["01_test_prob.png", "01_test_seg.png"]
+    assert len(files) == 2 * TINY["num_test"] and files[:2] == ["01_test_prob.png", "01_test_seg.png"]
     seg = np.asarray(Image.open(out / "predictions" / "01_test_seg.png"))
     prob = np.asarray(Image.open(out / "predictions" / "01_test_prob.png"))
     fov = np.asarray(Image.open(tiny_dir / "test/mask/01_test_mask.gif").convert("L"))

@@ -120,6 +120,19 @@ def test_ece_and_brier_by_hand_binary():
     assert cal.row_ece([], prob="p") is None and cal.row_brier([], prob="p") is None
 
 
+def test_binary_brier_is_scikit_learns():
+    from sklearn.metrics import brier_score_loss
+
+    rng = np.random.default_rng(0)
+    probs, labels = rng.random(50), rng.integers(0, 2, 50)
+    assert cal.brier_score(probs, labels) == pytest.approx(brier_score_loss(labels, probs, pos_label=1), abs=1e-12)
+    assert cal.brier_score([0.3, 0.1], [1, 1]) == pytest.approx((0.7 ** 2 + 0.9 ** 2) / 2)  # one class present
+    assert cal.brier_score([0.3, 0.1], [2, 0]) is None  # a label that is not 0/1 has no binary Brier score
+    for bad in ([1.2, 0.1], [-0.1, 0.5]):
+        with pytest.raises(ValueError, match=r"probabilities must lie in \[0, 1\]"):
+            cal.brier_score(bad, [1, 0])
+
+
 def test_ece_and_brier_by_hand_multiclass():
     # top-label confidence .7 (right) and .5 (wrong): ECE = (|1 - .7| + |0 - .5|) / 2 = 0.4
     # Brier = ((.3^2 + .2^2 + .1^2) + (.6^2 + .5^2 + .1^2)) / 2 = (.14 + .62) / 2 = 0.38
