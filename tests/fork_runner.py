@@ -21,6 +21,11 @@ import json
 import os
 import sys
 
+# Started as ``python tests/fork_runner.py`` from the repository root: Python put ``tests/`` first on sys.path, where
+# ``tests/common/`` (the tests of ``common``, no ``__init__.py``) would shadow the ``common`` package as a namespace
+# package. ``python -m monai.bundle`` run from the root has the root there instead: so does this server.
+sys.path[0] = os.getcwd()
+
 #: what every ``python -m monai.bundle run`` imports before reading a config (``import monai.bundle`` pulls in torch,
 #: ignite and, through ``monai.handlers``, MLflow)
 PRELOAD = ("torch", "monai", "monai.bundle", "monai.bundle.__main__", "monai.handlers", "mlflow", "fire", "common",
