@@ -19,9 +19,7 @@ Shapes: "binary" probabilities/logits are ``(N,)`` or ``(N, 1)`` (positive class
 
 from __future__ import annotations
 
-import copy
 import csv
-import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +33,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit, log_softmax, softmax
 
 from common.distributed import is_rank0
-from common.io import save_figure, write_json
+from common.io import save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -385,10 +383,9 @@ class CalibrationFitter:
             return {}
         from torch.utils.data import DataLoader
 
-        from common.checkpoint import load_network_weights, settings_path, unwrap
+        from common.checkpoint import best_network, record_settings
 
-        network = copy.deepcopy(unwrap(self.network))
-        load_network_weights(network, self.ckpt_path).to(self.device).eval()
+        network = best_network(self.network, self.ckpt_path, self.device)
         source = self.dataloader
         loader = DataLoader(source.dataset, batch_size=source.batch_size or 1, shuffle=False, num_workers=0,
                             collate_fn=source.collate_fn)
@@ -411,10 +408,7 @@ class CalibrationFitter:
         else:
             ece_before = expected_calibration_error(softmax(logits, axis=1), labels)
             ece_after = expected_calibration_error(softmax(logits / temperature, axis=1), labels)
-        path = settings_path(self.ckpt_path)
-        settings = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        settings.update(result)
-        write_json(path, settings)
+        path = record_settings(self.ckpt_path, result)
         logger.info("calibration on %d validation cases: temperature %.4f (NLL %.4f -> %.4f, ECE %.4f -> %.4f)%s; "
                     "recorded in %s", len(labels), temperature, nll(logits, labels), nll(logits, labels, temperature),
                     ece_before, ece_after,

@@ -240,6 +240,29 @@ def settings_path(ckpt_path: str | Path) -> Path:
     return Path(str(ckpt_path)).with_suffix(".json")
 
 
+def best_network(network: torch.nn.Module, ckpt_path: str | Path, device: Any = "cpu") -> torch.nn.Module:
+    """A copy of the training ``network`` (unwrapped from DDP) with the weights of ``ckpt_path``, on ``device``, in
+    eval mode: what the end-of-training fitters (temperature/threshold, conformal quantiles) measure, leaving the
+    trainer's network untouched.
+
+    Raises:
+        CheckpointError: the checkpoint is missing, damaged or does not fit the network.
+    """
+    import copy
+
+    return load_network_weights(copy.deepcopy(unwrap(network)), ckpt_path).to(device).eval()
+
+
+def record_settings(ckpt_path: str | Path, updates: dict[str, Any]) -> Path:
+    """Add ``updates`` to the training settings beside ``ckpt_path`` (``model.json``, created when absent; written
+    atomically) and return its path: how what is fitted after training travels with the model."""
+    path = settings_path(ckpt_path)
+    settings = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    settings.update(updates)
+    write_json(path, settings)
+    return path
+
+
 def model_setting(ckpt_path: str | Path, key: str, default: Any) -> Any:
     """A setting recorded at training time beside ``ckpt_path`` (see :class:`BestModelSaver`), or ``default`` when
     the checkpoint has no settings file (e.g. one trained elsewhere) or the file does not record ``key``.

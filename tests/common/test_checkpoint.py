@@ -308,3 +308,29 @@ def test_require_checkpoint_passes_a_good_file_and_refuses_a_damaged_one(tmp_pat
     assert require_checkpoint(good) == str(good)
     with pytest.raises(CheckpointError, match=rf"checkpoint {bad} is truncated or corrupt"):
         require_checkpoint(bad)
+
+
+def test_best_network_is_a_loaded_copy_in_eval_mode(tmp_path):
+    from common.checkpoint import best_network
+
+    trained = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.Dropout(0.5))
+    torch.nn.init.constant_(trained[0].weight, 3.0)
+    torch.nn.init.constant_(trained[0].bias, -1.0)
+    torch.save(trained.state_dict(), tmp_path / "model.pt")
+    network = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.Dropout(0.5)).train()
+    before = network[0].weight.detach().clone()
+    best = best_network(network, tmp_path / "model.pt")
+    assert best is not network and not best.training and network.training
+    assert torch.equal(network[0].weight, before), "the trainer's network is left as it was"
+    assert best(torch.tensor([[1.0, 2.0]])).item() == 3.0 * 1 + 3.0 * 2 - 1.0  # dropout off: exactly 8
+
+
+def test_record_settings_adds_to_model_json_and_creates_it(tmp_path):
+    import json
+
+    from common.checkpoint import record_settings
+
+    ckpt = tmp_path / "model.pt"
+    assert record_settings(ckpt, {"temperature": 2.0}) == tmp_path / "model.json"
+    record_settings(ckpt, {"conformal": {"n": 20}, "temperature": 1.5})
+    assert json.loads((tmp_path / "model.json").read_text()) == {"temperature": 1.5, "conformal": {"n": 20}}

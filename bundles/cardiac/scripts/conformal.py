@@ -11,8 +11,6 @@ patients, at least 95 % of intervals hold the truth; nothing is promised for one
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -125,15 +123,13 @@ class ConformalCalibrator:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine | None = None) -> dict[str, Any]:
-        from common.checkpoint import load_network_weights, settings_path, unwrap
+        from common.checkpoint import best_network, record_settings
         from common.distributed import is_rank0
-        from common.io import write_json
         from scripts.clinical import clinical_indices
 
         if not is_rank0():
             return {}
-        network = copy.deepcopy(unwrap(self.network))
-        load_network_weights(network, self.ckpt_path).to(self.device).eval()
+        network = best_network(self.network, self.ckpt_path, self.device)
         patients: dict[str, dict[str, Any]] = {}
         with torch.no_grad():
             for index in range(len(self.dataset)):
@@ -154,10 +150,7 @@ class ConformalCalibrator:
             records.append({"pred": pred, "true": true, "spread": tta_spreads(entry["ED"][2], entry["ES"][2], pred)})
         result = calibrate(records, self.alpha)
         result["tta_samples"] = int(self.inferer.tta_samples)
-        path = settings_path(self.ckpt_path)
-        settings = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        settings["conformal"] = result
-        write_json(path, settings)
+        path = record_settings(self.ckpt_path, {"conformal": result})
         unbounded = [k for k, v in result["q"].items() if v is None]
         logger.info("conformal calibration on %d validation patients (alpha %.2f, %d TTA samples): q = %s%s; "
                     "recorded in %s", result["n"], self.alpha, result["tta_samples"], result["q"],
