@@ -32,6 +32,7 @@ from ignite.engine import Engine, Events
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit, log_softmax, softmax
 
+from common.checkpoint import BestModelFitter, record_settings
 from common.distributed import is_rank0
 from common.io import save_figure
 
@@ -339,7 +340,7 @@ def _batch_logits(network: torch.nn.Module, loader: Any, device: Any, image_key:
     return np.concatenate(logits), np.concatenate(labels)
 
 
-class CalibrationFitter:
+class CalibrationFitter(BestModelFitter):
     """When training completes: fit the temperature and choose the threshold on the validation split with the best
     model, and record ``temperature``, ``threshold`` and ``threshold_rule`` in ``<ckpt_path stem>.json``.
 
@@ -369,23 +370,14 @@ class CalibrationFitter:
                  threshold_rule: str = "youden", threshold: float = 0.5, device: Any = "cpu",
                  inferer: Callable | None = None, image_key: str = "image", label_key: str = "label") -> None:
         parse_rule(threshold_rule)
-        self.ckpt_path = Path(str(ckpt_path))
-        self.network, self.dataloader = network, dataloader
+        super().__init__(ckpt_path, network, device)
+        self.dataloader = dataloader
         self.threshold_rule, self.threshold = str(threshold_rule), float(threshold)
-        self.device, self.inferer, self.image_key, self.label_key = device, inferer, image_key, label_key
-        self.result: dict[str, Any] = {}
+        self.inferer, self.image_key, self.label_key = inferer, image_key, label_key
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine: Engine | None = None) -> dict[str, Any]:
-        if not is_rank0():
-            return {}
+    def fit(self, network: torch.nn.Module) -> dict[str, Any]:
         from torch.utils.data import DataLoader
 
-        from common.checkpoint import best_network, record_settings
-
-        network = best_network(self.network, self.ckpt_path, self.device)
         source = self.dataloader
         loader = DataLoader(source.dataset, batch_size=source.batch_size or 1, shuffle=False, num_workers=0,
                             collate_fn=source.collate_fn)
@@ -413,5 +405,4 @@ class CalibrationFitter:
                     "recorded in %s", len(labels), temperature, nll(logits, labels), nll(logits, labels, temperature),
                     ece_before, ece_after,
                     f", threshold {result['threshold']:.4f} by {result['threshold_rule']}" if binary else "", path)
-        self.result = result
         return result

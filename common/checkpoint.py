@@ -263,6 +263,36 @@ def record_settings(ckpt_path: str | Path, updates: dict[str, Any]) -> Path:
     return path
 
 
+class BestModelFitter:
+    """Base of the ignite handlers that, when training completes, fit something on the validation split with the
+    best model and record it beside that model (``model.json``, see :func:`record_settings`):
+    ``common.calibration.CalibrationFitter`` (temperature, threshold) and cardiac's ``ConformalCalibrator``.
+
+    Attach to the trainer. At ``COMPLETED``, rank 0 calls :meth:`fit` with :func:`best_network` (the training network
+    is not modified) and keeps its return value in ``result``; other ranks do nothing and return ``{}``.
+
+    Raises:
+        CheckpointError: the best model is missing or does not fit the network.
+    """
+
+    def __init__(self, ckpt_path: str | Path, network: torch.nn.Module, device: Any = "cpu") -> None:
+        self.ckpt_path, self.network, self.device = Path(str(ckpt_path)), network, device
+        self.result: dict[str, Any] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def fit(self, network: torch.nn.Module) -> dict[str, Any]:
+        """Measure on the validation split with ``network`` (the best model, eval mode), record, return the result."""
+        raise NotImplementedError
+
+    def __call__(self, engine: Engine | None = None) -> dict[str, Any]:
+        if not is_rank0():
+            return {}
+        self.result = self.fit(best_network(self.network, self.ckpt_path, self.device))
+        return self.result
+
+
 def model_setting(ckpt_path: str | Path, key: str, default: Any) -> Any:
     """A setting recorded at training time beside ``ckpt_path`` (see :class:`BestModelSaver`), or ``default`` when
     the checkpoint has no settings file (e.g. one trained elsewhere) or the file does not record ``key``.

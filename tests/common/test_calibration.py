@@ -195,10 +195,12 @@ def test_fitter_records_temperature_and_threshold_of_the_best_model(tmp_path):
 
 def test_fitter_fixed_rule_and_other_ranks(tmp_path, monkeypatch):
     fitter, ckpt, _, _, _ = _fitter_setup(tmp_path, rule="fixed")
-    monkeypatch.setattr(cal, "is_rank0", lambda: False)
+    import common.checkpoint
+
+    monkeypatch.setattr(common.checkpoint, "is_rank0", lambda: False)  # the rank check of BestModelFitter
     fitter(None)
     assert json.loads(ckpt.with_suffix(".json").read_text()) == {"channels": [4, 8], "threshold": 0.5}
-    monkeypatch.setattr(cal, "is_rank0", lambda: True)
+    monkeypatch.setattr(common.checkpoint, "is_rank0", lambda: True)
     fitter(None)
     settings = json.loads(ckpt.with_suffix(".json").read_text())
     assert settings["threshold"] == 0.3 and settings["threshold_rule"] == "fixed"

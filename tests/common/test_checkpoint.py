@@ -334,3 +334,24 @@ def test_record_settings_adds_to_model_json_and_creates_it(tmp_path):
     assert record_settings(ckpt, {"temperature": 2.0}) == tmp_path / "model.json"
     record_settings(ckpt, {"conformal": {"n": 20}, "temperature": 1.5})
     assert json.loads((tmp_path / "model.json").read_text()) == {"temperature": 1.5, "conformal": {"n": 20}}
+
+
+def test_best_model_fitter_fits_the_best_model_on_rank_0_only(tmp_path, monkeypatch):
+    import common.checkpoint
+    from common.checkpoint import BestModelFitter
+
+    trained = torch.nn.Linear(1, 1)
+    torch.nn.init.constant_(trained.weight, 2.0)
+    torch.nn.init.constant_(trained.bias, 0.5)
+    torch.save(trained.state_dict(), tmp_path / "model.pt")
+
+    class Probe(BestModelFitter):
+        def fit(self, network):
+            return {"y": network(torch.tensor([[3.0]])).item()}
+
+    live = torch.nn.Linear(1, 1)
+    fitter = Probe(tmp_path / "model.pt", live)
+    monkeypatch.setattr(common.checkpoint, "is_rank0", lambda: False)
+    assert fitter(None) == {} and fitter.result == {}
+    monkeypatch.setattr(common.checkpoint, "is_rank0", lambda: True)
+    assert fitter(None) == {"y": 6.5} == fitter.result  # 2 * 3 + 0.5, with the checkpoint's weights

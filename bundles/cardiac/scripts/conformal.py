@@ -14,13 +14,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
 
+from common.checkpoint import BestModelFitter, record_settings
 from common.uncertainty import (
     conformal_interval,
     conformal_quantile,
@@ -98,7 +97,7 @@ def calibrate(records: list[dict[str, Any]], alpha: float = 0.05) -> dict[str, A
             "method": "split conformal, |true - predicted| / max(TTA spread, sigma_floor) (Angelopoulos & Bates 2021)"}
 
 
-class ConformalCalibrator:
+class ConformalCalibrator(BestModelFitter):
     """Ignite handler: when training completes, predict every validation patient with test-time augmentation using
     the best model, and record the conformal settings (:func:`calibrate`, with ``tta_samples``) under
     ``conformal`` in ``models/model.json``. Rank 0 only.
@@ -115,21 +114,12 @@ class ConformalCalibrator:
 
     def __init__(self, ckpt_path: str, network: torch.nn.Module, dataset: Any, inferer: Any, postprocessing: Any,
                  device: Any = "cpu", alpha: float = 0.05) -> None:
-        self.ckpt_path, self.network, self.dataset = Path(str(ckpt_path)), network, dataset
-        self.inferer, self.postprocessing, self.device, self.alpha = inferer, postprocessing, device, float(alpha)
-        self.result: dict[str, Any] = {}
+        super().__init__(ckpt_path, network, device)
+        self.dataset, self.inferer, self.postprocessing, self.alpha = dataset, inferer, postprocessing, float(alpha)
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine: Engine | None = None) -> dict[str, Any]:
-        from common.checkpoint import best_network, record_settings
-        from common.distributed import is_rank0
+    def fit(self, network: torch.nn.Module) -> dict[str, Any]:
         from scripts.clinical import clinical_indices
 
-        if not is_rank0():
-            return {}
-        network = best_network(self.network, self.ckpt_path, self.device)
         patients: dict[str, dict[str, Any]] = {}
         with torch.no_grad():
             for index in range(len(self.dataset)):
@@ -156,7 +146,6 @@ class ConformalCalibrator:
                     "recorded in %s", result["n"], self.alpha, result["tta_samples"], result["q"],
                     f" ({', '.join(unbounded)} unbounded: at least {result['n_required']} patients needed)"
                     if unbounded else "", path)
-        self.result = result
         return result
 
 
