@@ -57,6 +57,21 @@ def test_phantom_is_deterministic_and_seeded(mods):
     assert not np.array_equal(a_images["flair"], c_images["flair"]), "another seed must give another case"
 
 
+def test_smooth_noise_is_scipys_3d_cubic_zoom(mods):
+    """The axis-by-axis upsampling gives the field of ``ndimage.zoom`` on the coarse grid (the phantom's textures and
+    bias fields, and so every written case, are those of the 3D zoom it replaced)."""
+    from scipy import ndimage
+
+    phantom = mods["phantom"]
+    for cells, shape in ((3, (9, 13, 7)), (6, (56, 69, 58))):
+        field = phantom._smooth_noise(shape, np.random.default_rng(7), cells=cells)
+        coarse = np.random.default_rng(7).standard_normal((cells,) * 3)
+        expected = ndimage.zoom(coarse, [n / cells for n in shape], order=3, mode="nearest")
+        expected = (expected / (np.abs(expected).max() + 1e-8)).astype(np.float32)
+        assert field.shape == shape and field.dtype == np.float32
+        np.testing.assert_allclose(field, expected, rtol=0, atol=1e-6)
+
+
 def test_scanner_response_hand_computed(mods):
     phantom = mods["phantom"]
     image = np.full((3, 1, 1), 0.25, np.float32)
