@@ -27,7 +27,7 @@ def mods():
     from bundle_harness import import_bundle_module
 
     return {name: import_bundle_module(AREA, name)
-            for name in ("phantom", "data", "transforms", "metrics", "inference")}
+            for name in ("phantom", "data", "transforms", "metrics", "inference", "postprocessing")}
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +190,81 @@ def test_dice_and_hd95_by_hand(mods):
 # ---------------------------------------------------------------------------------------------------------------------
 # workflows: training split, evaluation in the input's grid, prediction geometry
 # ---------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
+# post-processing fitted on the validation split
+# ---------------------------------------------------------------------------------------------------------------------
+def _blobs() -> tuple[np.ndarray, np.ndarray]:
+    """WT channel: a 3x3x3 tumour (truth and prediction) and a 2-voxel false positive touching itself diagonally."""
+    truth = np.zeros((3, 10, 10, 10), dtype=bool)
+    truth[1, 1:4, 1:4, 1:4] = True
+    prob = np.zeros((3, 10, 10, 10), dtype=np.float32)
+    prob[1, 1:4, 1:4, 1:4] = 0.9
+    prob[1, 7, 7, 7] = prob[1, 8, 8, 8] = 0.9  # one 26-connected component of 2 voxels
+    return prob, truth
+
+
+def test_small_components_are_removed_by_volume_in_mm3(mods):
+    post = mods["postprocessing"]
+    prob, truth = _blobs()
+    # voxel 2 mm³: the blob is 4 mm³, the tumour 54 mm³
+    kept = post.postprocess(prob, 2.0, min_component_mm3=[0.0, 10.0, 0.0])
+    np.testing.assert_array_equal(kept, truth)
+    np.testing.assert_array_equal(post.postprocess(prob, 2.0, min_component_mm3=[0.0, 4.0, 0.0])[1], prob[1] > 0)
+    assert not post.postprocess(prob, 2.0, min_component_mm3=[0.0, 54.5, 0.0]).any()  # the tumour too: 54 < 54.5
+    assert post.voxel_volume_mm3(np.diag([2.0, -1.0, 1.5, 1.0])) == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="one value per region"):
+        post.postprocess(prob, 1.0, thresholds=[0.5, 0.5])
+
+
+def test_default_postprocessing_is_monai_threshold_at_one_half(mods):
+    from monai.data import MetaTensor
+    from monai.transforms import AsDiscreted
+
+    post = mods["postprocessing"]
+    prob = torch.rand(3, 6, 7, 8)
+    prob[0, 0, 0, :3] = torch.tensor([0.5, 0.4999, 0.5001])
+    pred = MetaTensor(prob.clone(), affine=torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0])))
+    out = post.RegionPostprocessd("pred")({"pred": pred})["pred"]
+    expected = AsDiscreted("pred", threshold=0.5)({"pred": pred.clone()})["pred"]
+    assert isinstance(out, MetaTensor) and out.dtype == torch.float32
+    torch.testing.assert_close(out.as_tensor(), expected.as_tensor().float())
+    torch.testing.assert_close(out.affine, pred.affine)
+
+
+def test_postprocessing_fit_picks_the_smallest_volume_that_removes_the_blob(mods):
+    post = mods["postprocessing"]
+    prob, truth = _blobs()
+    # voxel 60 mm³: blob 120 mm³, tumour 1620 mm³. WT Dice: 54/56 with volumes 0 and 100 (blob kept), 1 with
+    # 250-1000 (blob removed), 0 with 2000 and 4000 (tumour removed too); the smallest best volume is 250.
+    result = post.fit([(prob, truth, 60.0)])
+    assert result["min_component_mm3"] == [0.0, 250.0, 0.0]
+    assert result["region_thresholds"] == [0.5, 0.5, 0.5]  # every threshold ties: the one nearest 0.5
+    assert result["validation_dice_before"] == pytest.approx([1.0, 54 / 56, 1.0])  # TC, ET: both empty
+    assert result["validation_dice_after"] == pytest.approx([1.0, 1.0, 1.0])
+    assert result["num_cases"] == 1
+    with pytest.raises(ValueError, match="at least one"):
+        post.fit([])
+
+
+def test_training_records_the_fitted_postprocessing_and_inference_applies_it(trained, tmp_path):
+    from bundle_harness import inference_parser
+
+    settings = json.loads((trained / "models" / "model.json").read_text())
+    assert len(settings["region_thresholds"]) == 3 and len(settings["min_component_mm3"]) == 3
+    fit = settings["postprocessing_fit"]
+    assert fit["num_cases"] >= 1
+    assert all(a >= b - 1e-9 for a, b in zip(fit["validation_dice_after"], fit["validation_dice_before"]))
+    # inference (and evaluate, the same ids) reads them from model.json; the command line wins
+    parser = inference_parser(AREA, tmp_path, tmp_path / "out", trained / "models" / "model.pt")
+    step = next(t for t in parser.get_parsed_content("postprocessing").transforms
+                if type(t).__name__ == "RegionPostprocessd")
+    assert step.thresholds == settings["region_thresholds"]
+    assert step.min_component_mm3 == settings["min_component_mm3"]
+    parser = inference_parser(AREA, tmp_path, tmp_path / "out", trained / "models" / "model.pt",
+                              min_component_mm3=[0.0, 0.0, 0.0])
+    assert parser.get_parsed_content("postprocessing").transforms[-2].min_component_mm3 == [0.0, 0.0, 0.0]
+
+
 def test_training_writes_split_and_checkpoint(trained, tiny_data):
     split = json.loads((trained / "splits.json").read_text())
     assert sorted(split["train"] + split["validation"]) == sorted(p.name for p in tiny_data.iterdir())

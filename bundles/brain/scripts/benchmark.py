@@ -1,21 +1,34 @@
-"""Benchmark of the brain bundle: accuracy on held-out synthetic cases, a classical baseline, speed and memory.
+"""Benchmark of the brain bundle: held-out accuracy over a grid of seeds, a classical baseline, speed and memory.
 
 Run from the repository root::
 
     .venv/bin/python bundles/brain/scripts/benchmark.py --work_dir /tmp/brain_bench
 
-Steps, each through the bundle's real commands (subprocesses): synthesize a training set (seed 0) and a held-out
-set (another seed), train with the demo settings of ``train.json``, evaluate on the held-out set; tune a classical
-baseline (per-sequence z-score thresholds) on the training cases and score it on the held-out cases; time
-whole-volume inference on one case of the real BraTS size (4 × 240 × 240 × 155, 1 mm) and record each command's
-peak RSS (MiB). Results go to ``<work_dir>/benchmark_results.json`` (``common.benchmark``).
+Parts, each through the bundle's real commands (subprocesses):
+
+* ``accuracy``: synthesize one training set (seed 0, ``--num_train`` cases) and one held-out set per
+  ``--heldout_seeds`` (``--num_test`` cases each); train once per ``--train_seeds`` (the training ``--seed``: split,
+  initialisation, sampling, augmentation) with the demo settings of ``train.json`` plus ``--train_args`` (a lever
+  under test; ``--label`` names the runs); evaluate every trained model on every held-out set, with the
+  post-processing fitted at the end of training and, for comparison, without it (threshold 0.5, no component
+  removed). Prints a table, one row per (training seed, held-out seed), and its mean, spread and minimum.
+* ``baseline``: tune a classical method (per-sequence z-score thresholds) on the training cases and score it on the
+  first held-out set.
+* ``speed``: time whole-volume inference on one case of the real BraTS size (4 × 240 × 240 × 155, 1 mm) and record
+  each command's peak RSS (MiB), beside the Model Zoo peer's inferer in the same sweep.
+
+Results go to ``<work_dir>/benchmark_results.json`` (``common.benchmark``); runs of several labels accumulate there
+under ``seed_grid``, so levers measured one at a time on the same seeds and data sit side by side. Finished runs are
+reused when the script is run again (delete ``<work_dir>/<label>`` to retrain).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -155,17 +168,102 @@ def trainer_seconds(log: Path) -> float | None:
     return int(h) * 3600 + int(m) * 60 + float(s)
 
 
+def _seeds(text: str) -> list[int]:
+    return [int(v) for v in str(text).split(",") if v.strip()]
+
+
+def _per_case(out: Path, column: str) -> list[float]:
+    with open(out / "metrics_per_case.csv", newline="") as f:
+        return [float(row[column]) for row in csv.DictReader(f) if row.get(column) not in (None, "", "nan")]
+
+
+def _run_row(out: Path) -> dict:
+    metrics = json.loads((out / "metrics.json").read_text())
+    hd95_wt = _per_case(out, "hd95_wt")
+    return {**{k: metrics[k] for k in ("mean_dice", "dice_tc", "dice_wt", "dice_et")},
+            "hd95_wt_median_mm": float(np.median(hd95_wt)) if hd95_wt else None, "num_cases": len(_per_case(
+                out, "mean_dice"))}
+
+
+def seed_grid(work: Path, label: str, train_dir: Path, test_dirs: dict[int, Path], train_seeds: list[int],
+              train_args: list[str], ablate: bool) -> dict:
+    """Train once per training seed (``<work>/<label>/seed<s>``), evaluate on every held-out set with the fitted
+    post-processing (``heldout<h>``) and, with ``ablate``, without it (``heldout<h>_raw``); return the runs and
+    their summary (mean, sample standard deviation, minimum and maximum over the runs)."""
+    runs, trainings = [], []
+    for seed in train_seeds:
+        out = work / label / f"seed{seed}"
+        logs = out / "logs"
+        done = out / "train_result.json"
+        if not done.is_file():
+            measured = bundle(["run", "--config_file", configs("train"), "--dataset_dir", train_dir, "--output_dir",
+                               out, "--seed", seed, *train_args], logs / "train.log")
+            measured["trainer_s"] = trainer_seconds(logs / "train.log")
+            settings = json.loads((out / "models" / "model.json").read_text())
+            measured["postprocessing"] = {k: settings.get(k) for k in (
+                "region_thresholds", "min_component_mm3", "postprocessing_fit")}
+            done.write_text(json.dumps(measured, indent=2))
+        trainings.append({"seed": seed, **json.loads(done.read_text())})
+        for heldout, test_dir in test_dirs.items():
+            row = {"train_seed": seed, "heldout_seed": heldout}
+            variants = [("", [])] + ([("_raw", ["--region_thresholds", "[0.5,0.5,0.5]", "--min_component_mm3",
+                                                "[0.0,0.0,0.0]"])] if ablate else [])
+            for suffix, extra in variants:
+                evaluated = out / f"heldout{heldout}{suffix}"
+                if not (evaluated / "metrics.json").is_file():
+                    bundle(["run", "--config_file", configs("train", "evaluate"), "--dataset_dir", test_dir,
+                            "--output_dir", evaluated, "--ckpt_path", out / "models" / "model.pt", *extra],
+                           logs / f"evaluate_heldout{heldout}{suffix}.log")
+                row.update({f"{k}{suffix}": v for k, v in _run_row(evaluated).items()})
+            runs.append(row)
+    summary = {}
+    for key in ("mean_dice", "dice_tc", "dice_wt", "dice_et", "hd95_wt_median_mm", "mean_dice_raw", "dice_et_raw",
+                "hd95_wt_median_mm_raw"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        if values:
+            summary[key] = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1
+                            else 0.0, "min": float(np.min(values)), "max": float(np.max(values))}
+    train_s = [t["trainer_s"] for t in trainings if t.get("trainer_s")]
+    summary["trainer_s_mean"] = float(np.mean(train_s)) if train_s else None
+    return {"train_args": train_args, "train_seeds": train_seeds, "heldout_seeds": list(test_dirs),
+            "trainings": trainings, "runs": runs, "summary": summary}
+
+
+def print_grid(label: str, grid: dict) -> None:
+    """The table of one label's runs (held-out Dice with the fitted post-processing; raw = without it)."""
+    print(f"\nseed grid '{label}' (train args: {' '.join(grid['train_args']) or 'demo defaults'})")
+    head = ("train seed", "held-out seed", "mean Dice", "TC", "WT", "ET", "WT HD95 median (mm)", "mean Dice raw",
+            "ET raw", "WT HD95 raw")
+    print(" | ".join(head))
+    keys = ("mean_dice", "dice_tc", "dice_wt", "dice_et", "hd95_wt_median_mm", "mean_dice_raw", "dice_et_raw",
+            "hd95_wt_median_mm_raw")
+
+    def cell(v: object) -> str:
+        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    for r in grid["runs"]:
+        print(" | ".join([str(r["train_seed"]), str(r["heldout_seed"])] + [cell(r.get(k)) for k in keys]))
+    for stat in ("mean", "sd", "min", "max"):
+        print(" | ".join([stat, ""] + [cell(grid["summary"].get(k, {}).get(stat)) for k in keys]))
+    print(f"training: {cell(grid['summary'].get('trainer_s_mean'))} s per run in the trainer (mean)")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work_dir", required=True, help="scratch folder for data, checkpoints and logs")
     parser.add_argument("--parts", default="accuracy,baseline,speed",
-                        help="comma-separated parts to run: accuracy (train + evaluate), baseline, speed")
-    parser.add_argument("--num_train", type=int, default=24, help="synthetic training cases")
-    parser.add_argument("--num_test", type=int, default=8, help="held-out synthetic cases (another seed)")
-    parser.add_argument("--test_seed", type=int, default=1, help="seed of the held-out set")
-    parser.add_argument("--epochs", type=int, default=None, help="override the demo epochs (recorded in the results)")
+                        help="comma-separated parts to run: accuracy (seed grid), baseline, speed")
+    parser.add_argument("--num_train", type=int, default=24, help="synthetic training cases (seed 0)")
+    parser.add_argument("--num_test", type=int, default=16, help="cases in each held-out set")
+    parser.add_argument("--train_seeds", default="0,1,2", help="comma-separated training seeds")
+    parser.add_argument("--heldout_seeds", default="1,2", help="comma-separated seeds of the held-out sets")
+    parser.add_argument("--train_args", default="",
+                        help='extra options for the train command, e.g. "--epochs 40" (a lever under test)')
+    parser.add_argument("--label", default="demo", help="name of this recipe's runs (a folder of work_dir)")
+    parser.add_argument("--no_ablation", action="store_true",
+                        help="skip the evaluation without the fitted post-processing")
     parser.add_argument("--ckpt_path", default=None,
-                        help="checkpoint for the speed part (default <work_dir>/out/models/model.pt); timing does "
+                        help="checkpoint for the speed part (default: the first training seed's model); timing does "
                              "not depend on the weights, only on the network's size")
     args = parser.parse_args(argv)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
@@ -175,43 +273,34 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.work_dir)
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    train_dir, test_dir, out = work / "train", work / "test", work / "out"
+    train_seeds, heldout_seeds = _seeds(args.train_seeds), _seeds(args.heldout_seeds)
+    if not train_seeds or not heldout_seeds:
+        parser.error("--train_seeds and --heldout_seeds need at least one seed each")
+    train_dir = work / "train"
+    test_dirs = {h: work / f"heldout_seed{h}" for h in heldout_seeds}
     output = results_path(work)
     result: dict = json.loads(output.read_text()) if output.is_file() else {}
     result.update({"num_train": args.num_train, "num_test": args.num_test})
     if parts & {"accuracy", "baseline"}:
         start = time.perf_counter()
-        if not train_dir.is_dir():
-            bundle(["run", "--config_file", configs("synthesize"), "--dataset_dir", train_dir, "--num_cases",
-                    args.num_train, "--seed", 0], logs / "synth_train.log")
-        if not test_dir.is_dir():
-            bundle(["run", "--config_file", configs("synthesize"), "--dataset_dir", test_dir, "--num_cases",
-                    args.num_test, "--seed", args.test_seed], logs / "synth_test.log")
+        for folder, seed, n in [(train_dir, 0, args.num_train)] + [(d, h, args.num_test) for h, d in test_dirs.items()]:
+            if not folder.is_dir():
+                bundle(["run", "--config_file", configs("synthesize"), "--dataset_dir", folder, "--num_cases", n,
+                        "--seed", seed], logs / f"synthesize_{folder.name}.log")
         result["synthesis_s"] = time.perf_counter() - start
     if "accuracy" in parts:
-        defaults = json.loads((BUNDLE / "configs" / "train.json").read_text())
-        epochs = args.epochs or defaults["epochs"]
-        result["settings"] = "train.json defaults" + ("" if args.epochs is None else f" except --epochs {epochs}")
-        result["train"] = bundle(["run", "--config_file", configs("train"), "--dataset_dir", train_dir,
-                                  "--output_dir", out, "--epochs", epochs], logs / "train.log")
-        result["train"]["trainer_s"] = trainer_seconds(logs / "train.log")
-        split = json.loads((out / "splits.json").read_text())
-        patches = epochs * len(split["train"]) * defaults["samples_per_case"]
-        if result["train"]["trainer_s"]:
-            result["train"]["patches"] = patches
-            result["train"]["patches_per_s_incl_validation"] = patches / result["train"]["trainer_s"]
-        result["evaluate"] = bundle(["run", "--config_file", configs("train", "evaluate"), "--dataset_dir",
-                                     test_dir, "--output_dir", out], logs / "evaluate.log")
-        result["metrics"] = json.loads((out / "metrics.json").read_text())
+        grid = seed_grid(work, args.label, train_dir, test_dirs, train_seeds, shlex.split(args.train_args),
+                         not args.no_ablation)
+        result.setdefault("seed_grid", {})[args.label] = grid
+        print_grid(args.label, grid)
     if "baseline" in parts:
-        result["baseline"] = classical_baseline(train_dir, test_dir)
-    if "metrics" in result and "baseline" in result:
-        result["margin_over_baseline"] = result["metrics"]["mean_dice"] - result["baseline"]["mean_dice"]
+        result["baseline"] = classical_baseline(train_dir, test_dirs[heldout_seeds[0]])
+        result["baseline"]["heldout_seed"] = heldout_seeds[0]
     if "speed" in parts:
         big = work / "brats_size"
         if not big.is_dir():
             write_brats_size_case(big)
-        ckpt = args.ckpt_path or out / "models" / "model.pt"
+        ckpt = args.ckpt_path or work / args.label / f"seed{train_seeds[0]}" / "models" / "model.pt"
         for name, extra in (("default_pixdim", []), ("native_1mm", ["--pixdim", "[1.0,1.0,1.0]"])):
             log = logs / f"infer_{name}.log"
             measured = bundle(["run", "--config_file", configs("inference"), "--input_dir", big, "--output_dir",
@@ -224,8 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
         if ours:
             result["speedup_vs_peer_default_pixdim"] = result["peer_brats_mri_segmentation_inference_240x240x155"][
                 "median_s"] / ours
-    write_results(work, result)
-    print(json.dumps(result, indent=2))
+    print(f"results: {write_results(work, result)}")
     return result
 
 
