@@ -590,3 +590,35 @@ def test_model_zoo_brats_checkpoint_loads_completely_with_init_filters_16(tmp_pa
     assert narrow.loaded == ["conv_final.2.conv.bias"] and len(narrow.skipped) == len(expected) - 1
     with pytest.raises(CheckpointError, match=str(tmp_path / "none.pt")):
         zoo_module.convert(tmp_path / "none.pt", tmp_path / "out.pt")
+
+
+def test_benchmark_seed_grid_summarises_every_run(tmp_path):
+    """The seed grid reuses finished runs (no command here) and summarises them: hand-computed mean, sample SD,
+    minimum; the WT HD95 median is over the cases of each run."""
+    from bundle_harness import import_bundle_module
+
+    bench = import_bundle_module(AREA, "benchmark")
+    header = "case,mean_dice,hd95_wt\n"
+    dice = {(0, 1): 0.80, (0, 2): 0.84, (1, 1): 0.86, (1, 2): 0.90}
+    for (seed, heldout), value in dice.items():
+        run = tmp_path / "demo" / f"seed{seed}"
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "train_result.json").write_text(json.dumps({"trainer_s": 100.0 + seed}))
+        for suffix, shift in (("", 0.0), ("_raw", -0.02)):
+            out = run / f"heldout{heldout}{suffix}"
+            out.mkdir()
+            (out / "metrics.json").write_text(json.dumps(
+                {"mean_dice": value + shift, "dice_tc": 0.9, "dice_wt": 0.9, "dice_et": value + shift - 0.1}))
+            (out / "metrics_per_case.csv").write_text(header + f"a,{value},4.0\nb,{value},10.0\nc,{value},nan\n")
+    grid = bench.seed_grid(tmp_path, "demo", tmp_path / "train", {1: tmp_path / "h1", 2: tmp_path / "h2"}, [0, 1],
+                           [], ablate=True)
+    summary = grid["summary"]
+    assert [(r["train_seed"], r["heldout_seed"]) for r in grid["runs"]] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert summary["mean_dice"]["mean"] == pytest.approx(0.85)
+    assert summary["mean_dice"]["sd"] == pytest.approx(np.std([0.80, 0.84, 0.86, 0.90], ddof=1))
+    assert summary["mean_dice"]["min"] == pytest.approx(0.80)
+    assert summary["mean_dice_raw"]["mean"] == pytest.approx(0.83)
+    assert summary["dice_et"]["min"] == pytest.approx(0.70)
+    assert summary["hd95_wt_median_mm"]["max"] == pytest.approx(7.0)  # median of 4 and 10 (the nan row left out)
+    assert grid["runs"][0]["num_cases"] == 3
+    assert summary["trainer_s_mean"] == pytest.approx(100.5)
