@@ -186,10 +186,12 @@ def _run_row(out: Path) -> dict:
 
 
 def seed_grid(work: Path, label: str, train_dir: Path, test_dirs: dict[int, Path], train_seeds: list[int],
-              train_args: list[str], ablate: bool) -> dict:
+              train_args: list[str], ablate: bool, eval_variants: dict[str, list[str]] | None = None) -> dict:
     """Train once per training seed (``<work>/<label>/seed<s>``), evaluate on every held-out set with the fitted
-    post-processing (``heldout<h>``) and, with ``ablate``, without it (``heldout<h>_raw``); return the runs and
-    their summary (mean, sample standard deviation, minimum and maximum over the runs)."""
+    post-processing (``heldout<h>``), with ``ablate`` also without it (``heldout<h>_raw``), and once per
+    ``eval_variants`` entry (name → extra evaluate options, e.g. ``{"overlap50": ["--sw_overlap", "0.5"]}``:
+    ``heldout<h>_<name>``, an evaluation-time lever on the same models); return the runs and their summary (mean,
+    sample standard deviation, minimum and maximum over the runs)."""
     runs, trainings = [], []
     for seed in train_seeds:
         out = work / label / f"seed{seed}"
@@ -208,6 +210,7 @@ def seed_grid(work: Path, label: str, train_dir: Path, test_dirs: dict[int, Path
             row = {"train_seed": seed, "heldout_seed": heldout}
             variants = [("", [])] + ([("_raw", ["--region_thresholds", "[0.5,0.5,0.5]", "--min_component_mm3",
                                                 "[0.0,0.0,0.0]"])] if ablate else [])
+            variants += [(f"_{name}", extra) for name, extra in (eval_variants or {}).items()]
             for suffix, extra in variants:
                 evaluated = out / f"heldout{heldout}{suffix}"
                 if not (evaluated / "metrics.json").is_file():
@@ -217,15 +220,19 @@ def seed_grid(work: Path, label: str, train_dir: Path, test_dirs: dict[int, Path
                 row.update({f"{k}{suffix}": v for k, v in _run_row(evaluated).items()})
             runs.append(row)
     summary = {}
-    for key in ("mean_dice", "dice_tc", "dice_wt", "dice_et", "hd95_wt_median_mm", "mean_dice_raw", "dice_et_raw",
-                "hd95_wt_median_mm_raw"):
+    keys = ["mean_dice", "dice_tc", "dice_wt", "dice_et", "hd95_wt_median_mm", "mean_dice_raw", "dice_et_raw",
+            "hd95_wt_median_mm_raw"]
+    for name in eval_variants or {}:
+        keys += [f"mean_dice_{name}", f"dice_et_{name}", f"hd95_wt_median_mm_{name}"]
+    for key in keys:
         values = [r[key] for r in runs if r.get(key) is not None]
         if values:
             summary[key] = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1
                             else 0.0, "min": float(np.min(values)), "max": float(np.max(values))}
     train_s = [t["trainer_s"] for t in trainings if t.get("trainer_s")]
     summary["trainer_s_mean"] = float(np.mean(train_s)) if train_s else None
-    return {"train_args": train_args, "train_seeds": train_seeds, "heldout_seeds": list(test_dirs),
+    return {"train_args": train_args, "eval_variants": eval_variants or {}, "train_seeds": train_seeds,
+            "heldout_seeds": list(test_dirs),
             "trainings": trainings, "runs": runs, "summary": summary}
 
 
@@ -234,9 +241,12 @@ def print_grid(label: str, grid: dict) -> None:
     print(f"\nseed grid '{label}' (train args: {' '.join(grid['train_args']) or 'demo defaults'})")
     head = ("train seed", "held-out seed", "mean Dice", "TC", "WT", "ET", "WT HD95 median (mm)", "mean Dice raw",
             "ET raw", "WT HD95 raw")
-    print(" | ".join(head))
     keys = ("mean_dice", "dice_tc", "dice_wt", "dice_et", "hd95_wt_median_mm", "mean_dice_raw", "dice_et_raw",
             "hd95_wt_median_mm_raw")
+    for name in grid.get("eval_variants", {}):
+        head += (f"mean Dice {name}", f"ET {name}", f"WT HD95 {name}")
+        keys += (f"mean_dice_{name}", f"dice_et_{name}", f"hd95_wt_median_mm_{name}")
+    print(" | ".join(head))
 
     def cell(v: object) -> str:
         return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
@@ -260,6 +270,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train_args", default="",
                         help='extra options for the train command, e.g. "--epochs 40" (a lever under test)')
     parser.add_argument("--label", default="demo", help="name of this recipe's runs (a folder of work_dir)")
+    parser.add_argument("--eval_variants", default="",
+                        help='evaluation-time levers on the same models, "name=options;name=options", e.g. '
+                             '"overlap50=--sw_overlap 0.5"')
     parser.add_argument("--no_ablation", action="store_true",
                         help="skip the evaluation without the fitted post-processing")
     parser.add_argument("--ckpt_path", default=None,
@@ -289,8 +302,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "--seed", seed], logs / f"synthesize_{folder.name}.log")
         result["synthesis_s"] = time.perf_counter() - start
     if "accuracy" in parts:
+        variants = dict(v.split("=", 1) for v in args.eval_variants.split(";") if v.strip())
         grid = seed_grid(work, args.label, train_dir, test_dirs, train_seeds, shlex.split(args.train_args),
-                         not args.no_ablation)
+                         not args.no_ablation, {k.strip(): shlex.split(v) for k, v in variants.items()})
         result.setdefault("seed_grid", {})[args.label] = grid
         print_grid(args.label, grid)
     if "baseline" in parts:
