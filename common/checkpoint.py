@@ -266,7 +266,8 @@ def record_settings(ckpt_path: str | Path, updates: dict[str, Any]) -> Path:
 class BestModelFitter:
     """Base of the ignite handlers that, when training completes, fit something on the validation split with the
     best model and record it beside that model (``model.json``, see :func:`record_settings`):
-    ``common.calibration.CalibrationFitter`` (temperature, threshold) and cardiac's ``ConformalCalibrator``.
+    ``common.calibration.CalibrationFitter`` (temperature, threshold), cardiac's ``ConformalCalibrator`` and brain's
+    ``PostprocessingFitter`` (region thresholds, minimum component volumes).
 
     Attach to the trainer. At ``COMPLETED``, rank 0 calls :meth:`fit` with :func:`best_network` (the training network
     is not modified) and keeps its return value in ``result``; other ranks do nothing and return ``{}``.
