@@ -323,26 +323,41 @@ def model_setting(ckpt_path: str | Path, key: str, default: Any) -> Any:
 
 
 class BestModelSaver:
-    """Save the network's state dict (CPU tensors) whenever the validator's key metric reaches a new best.
+    """Save the network's state dict (CPU tensors) whenever the validator's key metric reaches a new best, or, with
+    ``selection="final"``, at every validation, so that ``model.pt`` is the model of the last epoch (training always
+    ends with a validation): nnU-Net's choice of the final checkpoint, for a recipe whose learning rate decays to
+    near zero and whose validation split is too small to rank models (the brain demo: 5 cases).
 
     Attach to the validation engine; MONAI's workflow updates ``best_metric_epoch`` before user handlers run.
     ``settings`` (JSON-serialisable), when given, are written beside the model as ``<stem>.json`` (see
     :func:`model_setting`): the state dict stays a plain one that MONAI's ``CheckpointLoader`` and ``ckpt_export`` load.
+
+    Raises:
+        ValueError: ``selection`` is neither "best" nor "final".
     """
 
     def __init__(self, save_dir: str | Path, network: torch.nn.Module, filename: str = "model.pt",
-                 settings: dict[str, Any] | None = None) -> None:
+                 settings: dict[str, Any] | None = None, selection: str = "best") -> None:
+        if selection not in ("best", "final"):
+            raise ValueError(f"model selection must be 'best' or 'final', got {selection!r}.")
         self.path = Path(str(save_dir)) / filename
         self.network = network
         self.settings = None if settings is None else dict(settings)
+        self.selection = selection
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if is_rank0() and engine.state.best_metric_epoch == engine.state.epoch:
+        new_best = engine.state.best_metric_epoch == engine.state.epoch
+        if is_rank0() and (new_best or self.selection == "final"):
             if self.settings is not None:
                 write_json(settings_path(self.path), self.settings)
             save_atomic(cpu_state_dict(self.network), self.path)
-            logger.info("saved best model (%s=%.4f, epoch %d) to %s", engine.state.key_metric_name,
-                        float(engine.state.best_metric), engine.state.epoch, self.path)
+            if self.selection == "final":
+                logger.info("saved the model of epoch %d (selection 'final'; best %s=%.4f at epoch %d) to %s",
+                            engine.state.epoch, engine.state.key_metric_name, float(engine.state.best_metric),
+                            engine.state.best_metric_epoch, self.path)
+            else:
+                logger.info("saved best model (%s=%.4f, epoch %d) to %s", engine.state.key_metric_name,
+                            float(engine.state.best_metric), engine.state.epoch, self.path)

@@ -78,9 +78,9 @@ def test_contract_files_present(area):
 # recorded in model.json for provenance; evaluate and inference do not use them (issue 16; `workflow`: which declared
 # workflow trained the model, e.g. breast's "detection")
 TRAINING_ONLY = {"pretrained_ckpt", "freeze", "pretrained_lr_scale", "workflow"}
-# calibration records in model.json read by a component of the same name (cardiac's `conformal` is
-# common.uncertainty.require_conformal's result, not a setting id)
-RECORDS = {"conformal"}
+# records in model.json that are not setting ids: cardiac's `conformal` (common.uncertainty.require_conformal's
+# result) and brain's `postprocessing_fit` (the validation Dice before and after its fitted post-processing)
+RECORDS = {"conformal", "postprocessing_fit"}
 MERGES = (("train",), ("train", "evaluate"), ("train", "multi_gpu_train"), ("inference",), ("synthesize",),
           ("train", "tiny"), ("train", "evaluate", "tiny"), ("train", "multi_gpu_train", "tiny"), ("inference", "tiny"),
           ("synthesize", "tiny"))

@@ -230,6 +230,22 @@ def test_best_model_saver_saves_only_on_a_new_best(tmp_path):
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model.pt"]
 
 
+def test_final_selection_saves_at_every_validation_so_the_last_epoch_wins(tmp_path):
+    network = tiny_net()
+    saver = BestModelSaver(tmp_path / "models", network, selection="final")
+    state = SimpleNamespace(epoch=1, best_metric=0.8, best_metric_epoch=1, key_metric_name="val_mean_dice")
+    saver(SimpleNamespace(state=state))
+    with torch.no_grad():
+        for p in network.parameters():
+            p.add_(1.0)
+    state.epoch = 2  # worse than epoch 1 on validation: still saved
+    saver(SimpleNamespace(state=state))
+    saved = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in network.state_dict().items())
+    with pytest.raises(ValueError, match="'best' or 'final'"):
+        BestModelSaver(tmp_path, network, selection="last")
+
+
 def test_best_model_saver_writes_settings_beside_a_plain_state_dict(tmp_path):
     network = tiny_net()
     saver = BestModelSaver(tmp_path / "models", network, settings={"stain_normalisation": False, "pixdim": [3, 3]})
