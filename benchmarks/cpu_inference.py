@@ -5,7 +5,8 @@ Run from the repository root (minutes of CPU; run it alone on the machine)::
     python benchmarks/cpu_inference.py --work_dir /tmp/cpu_bench --output /tmp/cpu_bench/results.json
 
 The network is the peer ``brats_mri_segmentation``'s (SegResNet, init_filters 16, blocks_down 1-2-2-4, blocks_up
-1-1-1, 4.70 M parameters) with one set of seeded weights for every configuration; the input is one phantom case of
+1-1-1, 4.70 M parameters) with one set of weights for every configuration (seeded, or trained briefly at 1 mm with
+``--train_steps``, see :func:`train`); the input is one phantom case of
 the BraTS size (4 x 240 x 240 x 155 at 1 mm, ``bundles/brain/scripts/benchmark.py``), z-scored on its non-zero voxels
 per channel as both pipelines do. Each configuration runs in its own process (peak RSS is per process; the glibc
 tunables act at process start): ``--warmup`` untimed runs, then ``--repeats`` timed runs of the inferer alone (the
@@ -18,7 +19,12 @@ Configurations:
   the same through ``mallopt`` at start-up (``ctypes``), ONNX Runtime (``common.backends``), sliding-window patches
   (128^3, overlap 0.25, batch 2), and cropping to the foreground (the brain bundle's ``CropForegroundd``) with the
   crop padded to a multiple of 16 and run as one window;
+- ``torch.compile`` alone and beside the allocator, and the crop with channels-last-3d or ``torch.compile``;
+- ``peer_profile`` / ``crop_profile``: one more run under ``torch.profiler`` for the share of time per operator family;
 - ``ours``: the kept levers together.
+
+Besides the masks' Dice, each configuration's logits are compared with the peer's (largest difference, share of
+decided voxels that flip) where both predicted.
 
 Every configuration's masks (sigmoid > 0.5 per region TC, WT, ET) are compared with the peer's by Dice; with
 seeded (untrained) weights the masks are arbitrary but deterministic, so a lever that preserves the computation gives
@@ -52,19 +58,94 @@ CONFIGS: dict[str, dict] = {
     "mallopt_ctypes": {"mallopt": True},
     "onnxruntime": {"backend": "onnxruntime"},
     "sliding_128_overlap_0.25": {"roi": [128, 128, 128], "overlap": 0.25, "sw_batch": 2},
+    "torch_compile": {"compile": True},
+    "exact_levers": {"mallopt": True, "inference_mode": True, "channels_last": True},
+    "exact_levers_compile": {"mallopt": True, "inference_mode": True, "compile": True},
+    "exact_levers_env": {"env": {"GLIBC_TUNABLES": TUNABLES}, "inference_mode": True, "channels_last": True},
     "crop_foreground": {"crop": True},
-    "ours": {"crop": True, "mallopt": True, "inference_mode": True},
+    "crop_channels_last_3d": {"crop": True, "channels_last": True},
+    "crop_torch_compile": {"crop": True, "compile": True},
+    "crop_profile": {"crop": True, "profile": True},
+    "peer_profile": {"profile": True},
+    "ours": {"crop": True, "mallopt": True, "inference_mode": True, "channels_last": True},
     "ours_onnxruntime": {"crop": True, "mallopt": True, "backend": "onnxruntime"},
 }
 
 
-def network():
+def network(weights: Path | None = None):
+    """The peer's SegResNet, seeded; with ``weights`` (a state dict from :func:`train`) loaded on CPU."""
     import torch
     from monai.networks.nets import SegResNet
 
     torch.manual_seed(0)
-    return SegResNet(blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1), init_filters=16, in_channels=4, out_channels=3,
-                     dropout_prob=0.2).eval()
+    net = SegResNet(blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1), init_filters=16, in_channels=4, out_channels=3,
+                    dropout_prob=0.2)
+    if weights is not None:
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return net.eval()
+
+
+def zscore(data: np.ndarray) -> np.ndarray:
+    """Per-channel z-score on the non-zero voxels, as both pipelines normalise (``NormalizeIntensityd(nonzero=True,
+    channel_wise=True)``)."""
+    out = np.zeros_like(data, dtype=np.float32)
+    for c, channel in enumerate(data):
+        mask = channel != 0
+        out[c][mask] = (channel[mask] - channel[mask].mean()) / (channel[mask].std() + 1e-8)
+    return out
+
+
+def train(work: Path, steps: int, patch: int = 64, cases: int = 3, lr: float = 2e-3) -> dict:
+    """Train the peer's network briefly at 1 mm so the equality check runs on weights with decided logits.
+
+    Seeded weights leave most voxels at near-zero logits, where any change of the computation (another GroupNorm
+    extent) flips the mask; a trained network's background and tumour logits are far from 0, as in real use. Phantom
+    cases of another seed than the timed case (seed 11, indices ``0..cases-1``, 1 mm), ``patch``^3 crops, two of three
+    centred on tumour, Dice + BCE on the BraTS regions (TC, WT, ET), Adam. Writes ``weights.pt`` (CPU tensors) and
+    returns the loss curve and the time taken.
+    """
+    import torch
+    from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
+
+    from common.losses import DiceCELoss
+
+    sys.path.insert(0, str(REPO / "bundles" / "brain"))
+    from scripts.phantom import SEQUENCES, make_case  # noqa: E402
+
+    start = time.perf_counter()
+    rng = np.random.default_rng(0)
+    to_regions = ConvertToMultiChannelBasedOnBratsClasses()
+    data = []
+    for index in range(cases):
+        images, label, _ = make_case(11, index, spacing=1.0)
+        data.append((zscore(np.stack([images[s] for s in SEQUENCES])),
+                     np.asarray(to_regions(label), np.float32)))
+    torch.manual_seed(0)
+    net = network().train()
+    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
+    loss_fn = DiceCELoss(sigmoid=True)
+    losses = []
+    for step in range(steps):
+        image, regions = data[step % cases]
+        shape = np.array(image.shape[1:])
+        if step % 3 < 2:  # tumour-centred
+            centre = np.argwhere(regions[1] > 0)[rng.integers(int((regions[1] > 0).sum()))]
+        else:
+            centre = np.array([rng.integers(patch // 2, n - patch // 2 + 1) for n in shape])
+        low = np.clip(centre - patch // 2, 0, shape - patch)
+        box = tuple(slice(int(a), int(a) + patch) for a in low)
+        x = torch.from_numpy(image[(slice(None), *box)].copy())[None]
+        y = torch.from_numpy(regions[(slice(None), *box)].copy())[None]
+        loss = loss_fn(net(x), y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+        if step % 25 == 0 or step == steps - 1:
+            print(f"train step {step}: loss {np.mean(losses[-25:]):.3f}", flush=True)
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, work / "weights.pt")
+    return {"steps": steps, "patch": patch, "cases": cases, "lr": lr, "seconds": time.perf_counter() - start,
+            "loss_first_25": float(np.mean(losses[:25])), "loss_last_25": float(np.mean(losses[-25:]))}
 
 
 def mallopt_no_trim() -> bool:
@@ -85,10 +166,13 @@ def worker(settings: dict, work: Path, name: str, repeats: int, warmup: int = 1)
     from common.backends import with_backend
 
     volume = torch.from_numpy(np.load(work / "input.npy"))[None]
-    net = network()
+    weights = work / "weights.pt"
+    net = network(weights if weights.is_file() else None)
     if settings.get("channels_last"):
         net = net.to(memory_format=torch.channels_last_3d)
     net = with_backend(net, settings.get("backend", "torch"))
+    if settings.get("compile"):
+        net = torch.compile(net, dynamic=False)
     box = None
     if settings.get("crop"):
         nonzero = np.argwhere(np.asarray(volume[0]).any(axis=0))
@@ -112,16 +196,40 @@ def worker(settings: dict, work: Path, name: str, repeats: int, warmup: int = 1)
             out = inferer(x, net)
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    masks = np.zeros((3, *volume.shape[2:]), bool)
-    pred = np.asarray(torch.as_tensor(out)[0].float() > 0)  # sigmoid > 0.5
+    profile = time_split(inferer, x, net, grad_off) if settings.get("profile") else None
+    logits = np.full((3, *volume.shape[2:]), np.nan, np.float32)  # outside a crop: not predicted
+    out = np.asarray(torch.as_tensor(out)[0].float())
     if box is not None:
-        masks[(slice(None), *box)] = pred[(slice(None), *(slice(0, b.stop - b.start) for b in box))]
+        logits[(slice(None), *box)] = out[(slice(None), *(slice(0, b.stop - b.start) for b in box))]
     else:
-        masks = pred[(slice(None), *(slice(0, s) for s in volume.shape[2:]))]
-    np.save(work / f"masks_{name}.npy", np.packbits(masks))
+        logits = out[(slice(None), *(slice(0, s) for s in volume.shape[2:]))]
+    np.save(work / f"logits_{name}.npy", logits)
+    np.save(work / f"masks_{name}.npy", np.packbits(logits > 0))  # sigmoid > 0.5; outside a crop: background
     return {"name": name, "settings": settings, "median_s": float(np.median(times)), "runs_s": times,
             "input_shape": list(x.shape), "voxels": int(np.prod(x.shape[2:])), "torch_threads": torch.get_num_threads(),
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            **({"time_split": profile} if profile else {})}
+
+
+#: operator-name fragments -> the share they are reported under (torch.profiler's CPU self time)
+SPLIT = {"convolution": ("conv", "mkldnn_convolution"), "group_norm": ("group_norm", "native_group_norm"),
+         "activation": ("relu", "sigmoid"), "upsample/add/copy": ("upsample", "add", "copy_", "cat", "pad"),
+         "memory": ("empty", "zeros", "fill_", "resize_")}
+
+
+def time_split(inferer, x, net, grad_off) -> dict:
+    """One more run under ``torch.profiler``: the share of CPU self time per operator family (:data:`SPLIT`; the
+    rest as ``other``), for the note on what limits the time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof, grad_off():
+        inferer(x, net)
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        key = next((k for k, parts in SPLIT.items() if any(p in event.key for p in parts)), "other")
+        totals[key] = totals.get(key, 0.0) + event.self_cpu_time_total
+    total = sum(totals.values()) or 1.0
+    return {k: v / total for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
 def prepare(work: Path) -> None:
@@ -130,23 +238,38 @@ def prepare(work: Path) -> None:
     import nibabel as nib
 
     sys.path.insert(0, str(REPO / "bundles" / "brain"))
+    from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
+
     from scripts.benchmark import write_brats_size_case  # noqa: E402
     from scripts.phantom import SEQUENCES  # noqa: E402
 
     case = write_brats_size_case(work / "case")
-    channels = []
-    for seq in SEQUENCES:
-        data = np.asarray(nib.load(case / f"{case.name}_{seq}.nii.gz").dataobj, np.float32)
-        mask = data != 0
-        out = np.zeros_like(data)
-        out[mask] = (data[mask] - data[mask].mean()) / (data[mask].std() + 1e-8)
-        channels.append(out)
-    np.save(work / "input.npy", np.stack(channels))
+    images = np.stack([np.asarray(nib.load(case / f"{case.name}_{seq}.nii.gz").dataobj, np.float32)
+                       for seq in SEQUENCES])
+    np.save(work / "input.npy", zscore(images))
+    label = np.asarray(nib.load(case / f"{case.name}_seg.nii.gz").dataobj)
+    np.save(work / "label_regions.npy", np.asarray(ConvertToMultiChannelBasedOnBratsClasses()(label), bool))
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     total = a.sum() + b.sum()
     return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+def logit_agreement(work: Path, name: str) -> dict:
+    """How far a configuration's logits are from the peer's where both predicted (a crop predicts inside its box
+    only): the largest absolute difference, and the share of voxels whose mask flips although the peer's logit is
+    at least 0.1 from 0 (a flip of a near-zero logit is rounding; a flip of a decided one is a different answer)."""
+    peer_file, own_file = work / "logits_peer.npy", work / f"logits_{name}.npy"
+    if not (peer_file.is_file() and own_file.is_file()):
+        return {}
+    peer, own = np.load(peer_file, mmap_mode="r"), np.load(own_file, mmap_mode="r")
+    both = np.isfinite(own)
+    diff = np.abs(own[both] - peer[both])
+    decided = np.abs(peer[both]) >= 0.1
+    flipped = (own[both] > 0) != (peer[both] > 0)
+    return {"max_abs_logit_diff": float(diff.max()) if diff.size else 0.0,
+            "decided_voxels_flipped": float((flipped & decided).sum() / max(int(decided.sum()), 1))}
 
 
 def cpu_info() -> dict:
@@ -168,6 +291,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (0: the first run is timed too)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS))
+    parser.add_argument("--train_steps", type=int, default=0,
+                        help="train the network this many steps first (0: seeded, untrained weights), see train()")
+    parser.add_argument("--train_patch", type=int, default=64)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     work = Path(args.work_dir)
@@ -179,6 +305,11 @@ def main(argv: list[str] | None = None) -> dict:
     if not (work / "input.npy").is_file():
         prepare(work)
     results = {"machine": cpu_info(), "repeats": args.repeats, "warmup": args.warmup, "configs": {}}
+    if args.train_steps and not (work / "weights.pt").is_file():
+        results["training"] = train(work, args.train_steps, args.train_patch)
+        (work / "training.json").write_text(json.dumps(results["training"], indent=2) + "\n")
+    elif (work / "training.json").is_file():
+        results["training"] = json.loads((work / "training.json").read_text())
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
         env = {**os.environ, "PYTHONPATH": str(REPO), **CONFIGS[name].get("env", {})}
         proc = subprocess.run([sys.executable, __file__, "--work_dir", str(work), "--repeats", str(args.repeats),
@@ -202,6 +333,9 @@ def main(argv: list[str] | None = None) -> dict:
             r["rss_ratio_to_peer"] = r["peak_rss_gib"] / peer["peak_rss_gib"]
             masks = np.unpackbits(np.load(work / f"masks_{name}.npy"))[: np.prod(shape)].reshape(shape).astype(bool)
             r["dice_vs_peer"] = {k: dice(masks[i], peer_masks[i]) for i, k in enumerate(("tc", "wt", "et"))}
+            r.update(logit_agreement(work, name))
+        label = np.load(work / "label_regions.npy")
+        results["peer_dice_vs_label"] = {k: dice(peer_masks[i], label[i]) for i, k in enumerate(("tc", "wt", "et"))}
     output = Path(args.output) if args.output else work / "results.json"
     output.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

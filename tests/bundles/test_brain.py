@@ -216,6 +216,35 @@ def test_small_components_are_removed_by_volume_in_mm3(mods):
         post.postprocess(prob, 1.0, thresholds=[0.5, 0.5])
 
 
+def test_a_region_below_its_minimum_volume_is_emptied_and_the_others_stay(mods):
+    post = mods["postprocessing"]
+    prob = np.zeros((3, 10, 10, 10), dtype=np.float32)
+    prob[:2, 1:4, 1:4, 1:4] = 0.9  # TC and WT: 27 voxels
+    prob[2, 2, 2, 1:4] = 0.9  # ET: 3 voxels = 6 mm³ at 2 mm³ per voxel
+    np.testing.assert_array_equal(post.postprocess(prob, 2.0, min_region_mm3=[0.0, 0.0, 6.0]), prob > 0.5)
+    emptied = post.postprocess(prob, 2.0, min_region_mm3=[0.0, 0.0, 6.5])
+    assert not emptied[2].any()  # ET becomes necrosis: TC (and WT) unchanged
+    np.testing.assert_array_equal(emptied[:2], prob[:2] > 0.5)
+    assert not post.postprocess(prob, 2.0, min_region_mm3=[54.5, 0.0, 0.0])[0].any()  # TC: 54 mm³ < 54.5
+
+
+def test_postprocessing_fit_empties_small_et_for_a_case_without_enhancement(mods):
+    post = mods["postprocessing"]
+    # voxel 60 mm³. Case A has no ET and a false ET of 3 voxels (180 mm³). Case B has a true ET of a 27-voxel block
+    # (1620 mm³) and a separate true 3-voxel part (180 mm³), both predicted. Removing components below 250 mm³ would
+    # cost B's small part (ET Dice (1 + 54/57) / 2); emptying ET below 250-1000 mm³ in all scores 1 on both.
+    prob_a, truth_a = np.zeros((3, 12, 12, 12), np.float32), np.zeros((3, 12, 12, 12), bool)
+    prob_a[2, 8, 8, 1:4] = 0.9
+    prob_b, truth_b = prob_a.copy(), truth_a.copy()
+    prob_b[2, 1:4, 1:4, 1:4] = 0.9
+    truth_b[2] = prob_b[2] > 0.5
+    result = post.fit([(prob_a, truth_a, 60.0), (prob_b, truth_b, 60.0)])
+    assert result["min_region_mm3"] == [0.0, 0.0, 250.0]  # the smallest of the tied 250, 500, 1000
+    assert result["min_component_mm3"] == [0.0, 0.0, 0.0]
+    assert result["validation_dice_before"][2] == pytest.approx(0.5)
+    assert result["validation_dice_after"] == pytest.approx([1.0, 1.0, 1.0])
+
+
 def test_default_postprocessing_is_monai_threshold_at_one_half(mods):
     from monai.data import MetaTensor
     from monai.transforms import AsDiscreted
@@ -238,6 +267,7 @@ def test_postprocessing_fit_picks_the_smallest_volume_that_removes_the_blob(mods
     # 250-1000 (blob removed), 0 with 2000 and 4000 (tumour removed too); the smallest best volume is 250.
     result = post.fit([(prob, truth, 60.0)])
     assert result["min_component_mm3"] == [0.0, 250.0, 0.0]
+    assert result["min_region_mm3"] == [0.0, 0.0, 0.0]  # the component removal already scores 1: nothing more
     assert result["region_thresholds"] == [0.5, 0.5, 0.5]  # every threshold ties: the one nearest 0.5
     assert result["validation_dice_before"] == pytest.approx([1.0, 54 / 56, 1.0])  # TC, ET: both empty
     assert result["validation_dice_after"] == pytest.approx([1.0, 1.0, 1.0])
@@ -251,6 +281,7 @@ def test_training_records_the_fitted_postprocessing_and_inference_applies_it(tra
 
     settings = json.loads((trained / "models" / "model.json").read_text())
     assert len(settings["region_thresholds"]) == 3 and len(settings["min_component_mm3"]) == 3
+    assert len(settings["min_region_mm3"]) == 3
     fit = settings["postprocessing_fit"]
     assert fit["num_cases"] >= 1
     assert all(a >= b - 1e-9 for a, b in zip(fit["validation_dice_after"], fit["validation_dice_before"]))
@@ -260,6 +291,7 @@ def test_training_records_the_fitted_postprocessing_and_inference_applies_it(tra
                 if type(t).__name__ == "RegionPostprocessd")
     assert step.thresholds == settings["region_thresholds"]
     assert step.min_component_mm3 == settings["min_component_mm3"]
+    assert step.min_region_mm3 == settings["min_region_mm3"]
     parser = inference_parser(AREA, tmp_path, tmp_path / "out", trained / "models" / "model.pt",
                               min_component_mm3=[0.0, 0.0, 0.0])
     assert parser.get_parsed_content("postprocessing").transforms[-2].min_component_mm3 == [0.0, 0.0, 0.0]
