@@ -1,4 +1,4 @@
-"""Time per case of each bundle's network under its inferer: eager PyTorch vs TorchScript vs ONNX Runtime (CPU).
+"""Time per case of each bundle's network under its inferer: eager PyTorch, its levers, TorchScript, ONNX Runtime (CPU).
 
 Run from the repository root (about a minute)::
 
@@ -7,7 +7,9 @@ Run from the repository root (about a minute)::
 Each bundle runs in its own process (the bundles' ``scripts`` packages share one name). The network is the bundle's
 default (real-size) ``network_def`` from ``configs/inference.json`` with seeded weights (time does not depend on the
 weights), run by the config's own ``inferer`` through ``common.backends.with_backend`` on one input of the size a
-real case gives it after preprocessing (:data:`CASES`). One warm-up (which includes the export), then the median of
+real case gives it after preprocessing (:data:`CASES`). Rows: eager (contiguous, ``no_grad``: the reference), eager
+under ``torch.inference_mode``, eager with the network in channels-last memory format (``channels_last_3d`` for a 3D
+network), TorchScript and ONNX Runtime. One warm-up (which includes the export), then the median of
 ``--repeats`` runs; the maximum absolute difference of the outputs to eager is recorded too. Loading, preprocessing
 and writing are the same for every backend and are not timed.
 """
@@ -15,6 +17,7 @@ and writing are the same for every backend and are not timed.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -53,23 +56,30 @@ def worker(area: str, repeats: int) -> dict:
     shape, _ = CASES[area]
     x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
     result = {"input_shape": list(shape), "torch_threads": torch.get_num_threads()}
+    conv3d = any(isinstance(m, torch.nn.Conv3d) for m in net.modules())  # cardiac: 5D input, 2D network per slice
+    memory_format = torch.channels_last_3d if conv3d else torch.channels_last
+    channels_last = copy.deepcopy(net).to(memory_format=memory_format)
+    #: row -> (network, gradient mode): eager contiguous (the reference), the eager levers one at a time, exports
+    rows = {"torch": (net, torch.no_grad), "torch_inference_mode": (net, torch.inference_mode),
+            "torch_channels_last": (channels_last, torch.no_grad),
+            "torchscript": (with_backend(net, "torchscript"), torch.no_grad),
+            "onnxruntime": (with_backend(net, "onnxruntime"), torch.no_grad)}
     reference = None
-    for backend in ("torch", "torchscript", "onnxruntime"):
-        model = with_backend(net, backend)
+    for name, (model, mode) in rows.items():
         times = []
         for i in range(repeats + 1):
             start = time.perf_counter()
-            with torch.no_grad():
+            with mode():
                 out = inferer(x, model)
             if i:
                 times.append(time.perf_counter() - start)
         out = torch.as_tensor(out).float()
         if reference is None:
             reference = out
-        result[backend] = {"median_s": float(np.median(times)), "runs_s": times,
-                           "max_abs_diff_to_eager": float((out - reference).abs().max())}
-    for backend in ("torchscript", "onnxruntime"):
-        result[backend]["ratio_to_eager"] = result[backend]["median_s"] / result["torch"]["median_s"]
+        result[name] = {"median_s": float(np.median(times)), "runs_s": times,
+                        "max_abs_diff_to_eager": float((out - reference).abs().max())}
+    for name in rows:
+        result[name]["ratio_to_eager"] = result[name]["median_s"] / result["torch"]["median_s"]
     return result
 
 

@@ -1,7 +1,8 @@
 """Inference backends: the same network run eagerly by PyTorch, as TorchScript, or by ONNX Runtime on the CPU.
 
 Every bundle's ``inference.json`` has a ``backend`` id (``torch`` default, ``torchscript``, ``onnxruntime``) and
-builds its ``network`` as ``$common.backends.with_backend(@network_def.to(@device), @backend)``. For ``torch`` the
+builds its ``network`` as
+``$common.backends.with_backend(@network_def.to(@device, memory_format=@memory_format), @backend)``. For ``torch`` the
 eager network is returned unchanged. Otherwise :class:`BackendNetwork` wraps it, so the bundle's inference code
 needs no change: ``load_state_dict``/``state_dict``/``eval``/``to`` reach the eager module (also through
 :func:`common.checkpoint.unwrap`, which finds it as ``.module``), and the first forward pass without gradients after
