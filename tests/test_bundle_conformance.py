@@ -352,8 +352,8 @@ def test_inference_entry_is_one_form(area, workflow, request):
                                           "ckpt_path")} == {
         "val_data_loader": "@dataloader", "network": "@network", "inferer": "@inferer",
         "postprocessing": "@postprocessing", "val_handlers": "@handlers", "ckpt_path": "$str(@ckpt_path)"}
-    assert config["network"] == ("$common.backends.with_backend(@network_def.to(@device, memory_format=@memory_format), @backend)" if exportable
-                                 else "$@network_def.to(@device)")
+    exported = "$common.backends.with_backend(@network_def.to(@device, memory_format=@memory_format), @backend)"
+    assert config["network"] == (exported if exportable else "$@network_def.to(@device)")
     assert [h["_target_"] for h in config["handlers"]].count("common.inference.CaseWriter") == 1
 
 
