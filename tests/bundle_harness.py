@@ -139,6 +139,22 @@ def inference_evaluator(area: str, input_dir: str | os.PathLike, output_dir: str
     return inference_parser(area, input_dir, output_dir, ckpt_path, **overrides).get_parsed_content("evaluator")
 
 
+def inference_network_and_contiguous_copy(area: str, x, work: str | os.PathLike, through_inferer: bool = True):
+    """``<area>``'s inference ``network`` (in the config's ``memory_format``), a contiguous copy of it (a fresh
+    ``network_def`` with the same seeded weights) and both outputs for ``x``, through the config's ``inferer`` or
+    called directly: ``(network, contiguous, ours, reference)``, both networks in eval mode."""
+    import torch
+
+    parser = inference_parser(area, work, work, Path(work) / "none" / "model.pt", device="$torch.device('cpu')")
+    torch.manual_seed(0)
+    network = parser.get_parsed_content("network").eval()
+    contiguous = parser.get_parsed_content("network_def", lazy=False).eval()  # a new instance, not converted
+    contiguous.load_state_dict(network.state_dict())
+    run = parser.get_parsed_content("inferer") if through_inferer else (lambda data, net: net(data))
+    with torch.inference_mode():
+        return network, contiguous, run(x, network), run(x, contiguous)
+
+
 def seeded_checkpoint(area: str, path: str | os.PathLike, seed: int = 0) -> Path:
     """Save the seeded, untrained ``network_def`` of ``inference.json`` + ``tiny.json`` to ``path``."""
     import torch

@@ -625,27 +625,15 @@ def test_model_zoo_brats_checkpoint_loads_completely_with_init_filters_16(tmp_pa
 
 
 def test_inference_network_is_channels_last_3d_with_the_contiguous_outputs(tmp_path):
-    """inference.json runs the network in channels-last-3d memory format (0.75 x the time at the demo grid, model
+    """inference.json runs the network in channels-last-3d memory format (0.83 x the time at the demo grid, model
     card); its logits under the config's sliding-window inferer equal the contiguous network's within 1e-4."""
-    from monai.bundle import ConfigParser
+    from bundle_harness import inference_network_and_contiguous_copy
 
-    from bundle_harness import import_bundle_module
-
-    import_bundle_module(AREA, "networks")
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / AREA / "configs" / "inference.json"))
-    parser.update({"ckpt_path": str(tmp_path / "none" / "model.pt"), "device": "$torch.device('cpu')"})
-    torch.manual_seed(0)
-    network = parser.get_parsed_content("network").eval()
+    x = torch.randn(1, 4, 40, 45, 38, generator=torch.Generator().manual_seed(1))
+    network, contiguous, ours, reference = inference_network_and_contiguous_copy(AREA, x, tmp_path)
     weight = network.convInit.conv.weight
     assert weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
-    contiguous = parser.get_parsed_content("network_def", lazy=False).eval()
-    contiguous.load_state_dict(network.state_dict())
     assert contiguous.convInit.conv.weight.is_contiguous()
-    inferer = parser.get_parsed_content("inferer")
-    x = torch.randn(1, 4, 40, 45, 38, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        ours, reference = inferer(x, network), inferer(x, contiguous)
     assert torch.allclose(ours, reference, rtol=0.0, atol=1e-4), float((ours - reference).abs().max())
 
 

@@ -563,21 +563,13 @@ def test_inference_network_is_channels_last_with_the_contiguous_outputs(tmp_path
     """inference.json runs the patch classifier in channels-last memory format (0.80 x the time for a batch of 64
     PCam patches, model card); its logits equal the contiguous network's within 1e-4."""
     import torch
-    from monai.bundle import ConfigParser
 
-    mod("networks")
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / AREA / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(REPO / "bundles" / AREA), "ckpt_path": str(tmp_path / "none" / "model.pt"),
-                   "device": "$torch.device('cpu')"})
-    torch.manual_seed(0)
-    network = parser.get_parsed_content("network").eval()
-    weights = [m.weight for m in network.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
-    contiguous = parser.get_parsed_content("network_def", lazy=False).eval()
-    contiguous.load_state_dict(network.state_dict())
-    assert all(m.weight.is_contiguous() for m in contiguous.modules() if isinstance(m, torch.nn.Conv2d))
+    from bundle_harness import inference_network_and_contiguous_copy
+
     x = torch.rand(16, 3, 96, 96, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        ours, reference = network(x), contiguous(x)
+    network, contiguous, ours, reference = inference_network_and_contiguous_copy(AREA, x, tmp_path,
+                                                                                 through_inferer=False)
+    convs = [m.weight for m in network.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert all(m.weight.is_contiguous() for m in contiguous.modules() if isinstance(m, torch.nn.Conv2d))
     assert torch.allclose(ours, reference, rtol=0.0, atol=1e-4), float((ours - reference).abs().max())
