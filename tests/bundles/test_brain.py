@@ -245,6 +245,79 @@ def test_postprocessing_fit_empties_small_et_for_a_case_without_enhancement(mods
     assert result["validation_dice_after"] == pytest.approx([1.0, 1.0, 1.0])
 
 
+def _core_and_rim_case(core_z: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """Region probabilities 3HWD (TC, WT and ET all 0.9 on one 3x3x3 block, ET also 0.8 on a bright 2x2x2 block) and
+    the 4HWD z-scored image whose T1ce (channel 1) is ``core_z`` on the 3x3x3 block and 2.0 on the 2x2x2 block."""
+    prob = np.zeros((3, 10, 10, 10), dtype=np.float32)
+    prob[:, 1:4, 1:4, 1:4] = 0.9
+    prob[2, 6:8, 6:8, 6:8] = 0.8
+    image = np.zeros((4, 10, 10, 10), dtype=np.float32)
+    image[1, 1:4, 1:4, 1:4] = core_z
+    image[1, 6:8, 6:8, 6:8] = 2.0
+    return prob, image
+
+
+def test_an_et_component_that_does_not_enhance_becomes_necrosis(mods):
+    from monai.data import MetaTensor
+
+    post = mods["postprocessing"]
+    # the 3x3x3 ET component: 13 voxels at T1ce z 1.0 and 14 at -1.0, so its median is -1.0 (its mean, -1/27, is not)
+    core_z = np.where(np.arange(27).reshape(3, 3, 3) < 13, 1.0, -1.0)
+    prob, image = _core_and_rim_case(core_z)
+
+    def run(min_enhancement, threshold=0.5):
+        data = {"pred": MetaTensor(torch.from_numpy(prob.copy())), "image": MetaTensor(torch.from_numpy(image))}
+        return post.RemoveNonEnhancingETd("pred", threshold=threshold, min_enhancement=min_enhancement)(data)["pred"]
+
+    out = run(-0.5)  # median -1.0 < -0.5: the component leaves ET; the bright one (median 2.0) stays
+    assert isinstance(out, MetaTensor)
+    expected = prob.copy()
+    expected[2, 1:4, 1:4, 1:4] = 0.0
+    np.testing.assert_array_equal(out.numpy(), expected)  # TC and WT unchanged: those voxels are now necrosis
+    np.testing.assert_array_equal(run(-1.0).numpy(), prob)  # median -1.0 >= -1.0: kept
+    np.testing.assert_array_equal(run(None).numpy(), prob)  # the rule off changes nothing
+    np.testing.assert_array_equal(run("off").numpy(), prob)  # the command line's off (monai.bundle drops None)
+    with pytest.raises(ValueError, match="must be a T1ce z-score or 'off', got 'none at all'"):
+        post.RemoveNonEnhancingETd("pred", min_enhancement="none at all")
+    assert not run(2.5)[2].any()  # both components below 2.5
+    # at threshold 0.85 the 0.8 block is no ET component: the rule leaves it, and removes only the 0.9 block
+    np.testing.assert_array_equal(run(2.5, threshold=0.85)[2].numpy(), np.where(prob[2] == 0.8, prob[2], 0.0))
+    mask = prob[2] >= 0.5
+    kept = post.remove_non_enhancing_components(mask, image[1], -0.5)
+    np.testing.assert_array_equal(kept, expected[2] > 0)
+    with pytest.raises(ValueError, match="not on the prediction's grid"):
+        post.remove_non_enhancing_components(mask, image[1, :9], -0.5)
+    bad = {"pred": MetaTensor(torch.from_numpy(prob)),
+           "image": MetaTensor(torch.zeros(4, 9, 10, 10), meta={"filename_or_obj": "/d/case_t1ce.nii.gz"})}
+    with pytest.raises(ValueError, match=r"/d/case_t1ce.nii.gz: the enhancement image \(9, 10, 10\)"):
+        post.RemoveNonEnhancingETd("pred", min_enhancement=0.0)(bad)
+
+
+def test_postprocessing_fit_learns_the_enhancement_rule_from_a_case_without_enhancement(mods):
+    post = mods["postprocessing"]
+    # voxel 60 mm³. Case A has no ET; the network calls its dark core (T1ce z -1.0, 27 voxels) ET. Case B's true ET is
+    # a bright 27-voxel block (z 1.5), predicted. Both are 1620 mm³, so no volume separates them; ET Dice is 0 on A
+    # and 1 on B (mean 0.5) unless the rule removes A's component: any minimum enhancement in (-1.0, 1.5] scores 1 on
+    # both, and the fit keeps the lowest such candidate, -0.5 (-1.0 keeps A's component: -1.0 >= -1.0).
+    prob = np.zeros((3, 12, 12, 12), np.float32)
+    prob[:, 1:4, 1:4, 1:4] = 0.9
+    truth_a = prob > 0.5
+    truth_a[2] = False
+    truth_b = prob > 0.5
+    z_a, z_b = np.zeros((12, 12, 12), np.float32), np.zeros((12, 12, 12), np.float32)
+    z_a[1:4, 1:4, 1:4], z_b[1:4, 1:4, 1:4] = -1.0, 1.5
+    result = post.fit([(prob, truth_a, 60.0, z_a), (prob, truth_b, 60.0, z_b)])
+    assert result["min_et_enhancement"] == -0.5
+    assert result["min_region_mm3"] == [0.0, 0.0, 0.0] and result["min_component_mm3"] == [0.0, 0.0, 0.0]
+    assert result["validation_dice_before"] == pytest.approx([1.0, 1.0, 0.5])
+    assert result["validation_dice_after"] == pytest.approx([1.0, 1.0, 1.0])
+    # without the T1ce the rule is not searched, and it is off where nothing needs it (ties go to off)
+    assert post.fit([(prob, truth_a, 60.0), (prob, truth_b, 60.0)])["min_et_enhancement"] is None
+    assert post.fit([(prob, truth_b, 60.0, z_b)])["min_et_enhancement"] is None
+    with pytest.raises(ValueError, match="enhancement None"):
+        post.fit([(prob, truth_b, 60.0, z_b)], min_et_enhancements=(0.0,))
+
+
 def test_default_postprocessing_is_monai_threshold_at_one_half(mods):
     from monai.data import MetaTensor
     from monai.transforms import AsDiscreted
@@ -292,6 +365,15 @@ def test_training_records_the_fitted_postprocessing_and_inference_applies_it(tra
     assert step.thresholds == settings["region_thresholds"]
     assert step.min_component_mm3 == settings["min_component_mm3"]
     assert step.min_region_mm3 == settings["min_region_mm3"]
+    assert "min_et_enhancement" in settings  # None when the validation split gives the rule no reason
+    rule = next(t for t in parser.get_parsed_content("postprocessing").transforms
+                if type(t).__name__ == "RemoveNonEnhancingETd")
+    assert rule.min_enhancement == settings["min_et_enhancement"]
+    assert rule.threshold == settings["region_thresholds"][2]
+    parser = inference_parser(AREA, tmp_path, tmp_path / "out", trained / "models" / "model.pt",
+                              min_et_enhancement="off")  # as `--min_et_enhancement off` gives it
+    assert next(t for t in parser.get_parsed_content("postprocessing").transforms
+                if type(t).__name__ == "RemoveNonEnhancingETd").min_enhancement is None
     parser = inference_parser(AREA, tmp_path, tmp_path / "out", trained / "models" / "model.pt",
                               min_component_mm3=[0.0, 0.0, 0.0])
     assert parser.get_parsed_content("postprocessing").transforms[-2].min_component_mm3 == [0.0, 0.0, 0.0]

@@ -203,13 +203,15 @@ def seed_grid(work: Path, label: str, train_dir: Path, test_dirs: dict[int, Path
             measured["trainer_s"] = trainer_seconds(logs / "train.log")
             settings = json.loads((out / "models" / "model.json").read_text())
             measured["postprocessing"] = {k: settings.get(k) for k in (
-                "region_thresholds", "min_component_mm3", "min_region_mm3", "postprocessing_fit")}
+                "region_thresholds", "min_component_mm3", "min_region_mm3", "min_et_enhancement",
+                "postprocessing_fit")}
             done.write_text(json.dumps(measured, indent=2))
         trainings.append({"seed": seed, **json.loads(done.read_text())})
         for heldout, test_dir in test_dirs.items():
             row = {"train_seed": seed, "heldout_seed": heldout}
             variants = [("", [])] + ([("_raw", ["--region_thresholds", "[0.5,0.5,0.5]", "--min_component_mm3",
-                                                "[0.0,0.0,0.0]", "--min_region_mm3", "[0.0,0.0,0.0]"])]
+                                                "[0.0,0.0,0.0]", "--min_region_mm3", "[0.0,0.0,0.0]",
+                                                "--min_et_enhancement", "off"])]
                                      if ablate else [])
             variants += [(f"_{name}", extra) for name, extra in (eval_variants or {}).items()]
             for suffix, extra in variants:
