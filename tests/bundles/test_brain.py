@@ -421,6 +421,31 @@ def test_evaluate_and_inference_geometry(trained, tiny_data, tmp_path):
         assert set(np.unique(np.asarray(written.dataobj)).tolist()) <= {0, 1, 2, 4}
 
 
+def test_inference_pipeline_turns_non_enhancing_et_into_necrosis_on_the_image_grid(tiny_data, tmp_path):
+    """The rule inside ``inference.json``: with a minimum enhancement no T1ce reaches, no predicted ET is left and
+    nothing outside the rule-off output's ET changes. An ET voxel becomes necrosis where TC was predicted (the
+    untrained network also predicts ET outside TC: those become oedema or background)."""
+    from bundle_harness import inference_evaluator, seeded_checkpoint
+
+    inp = tmp_path / "input"
+    shutil.copytree(tiny_data, inp)
+    for seg in inp.glob("*/*_seg.nii.gz"):
+        seg.unlink()
+    ckpt = seeded_checkpoint(AREA, tmp_path / "model.pt")  # untrained, seeded: ET above 0.5 in places
+    labels = {}
+    for rule in ("off", 1e9):
+        out = tmp_path / f"pred_{rule}"
+        inference_evaluator(AREA, inp, out, ckpt, min_et_enhancement=rule).run()
+        labels[rule] = {p.name: np.asarray(nib.load(p).dataobj) for p in sorted((out / "predictions").glob("*.gz"))}
+    assert labels["off"] and labels["off"].keys() == labels[1e9].keys()
+    assert any((lab == 4).any() for lab in labels["off"].values())  # the precondition: ET to remove
+    for name, off in labels["off"].items():
+        on = labels[1e9][name]
+        assert not (on == 4).any()
+        np.testing.assert_array_equal(on[off != 4], off[off != 4])
+    assert any(((off == 4) & (labels[1e9][name] == 1)).any() for name, off in labels["off"].items())  # necrosis
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # bad input: each problem names the case and file, before any compute; nothing half-written
 # ---------------------------------------------------------------------------------------------------------------------
