@@ -4,6 +4,9 @@ of minutes and is run by hand: see the brain model card)."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -41,7 +44,21 @@ def test_time_split_shares_sum_to_one_and_name_the_convolutions(bench):
 
 def test_every_config_names_known_settings_only(bench):
     known = {"inference_mode", "channels_last", "env", "mallopt", "backend", "roi", "overlap", "sw_batch", "crop",
-             "compile", "profile"}
+             "compile", "profile", "preload"}
     for name, settings in bench.CONFIGS.items():
         assert set(settings) <= known, (name, set(settings) - known)
     assert bench.CONFIGS["peer"] == {}
+
+
+def test_allocator_preload_is_found_like_the_linker_and_seen_in_the_process(bench):
+    assert bench.preload("no_such_allocator_library_xyz") == {}  # not installed: the sweep reports it, no time
+    env = bench.preload("jemalloc")
+    if not env:
+        pytest.skip("libjemalloc2 is not installed (apt-get install libjemalloc2)")
+    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('b', sys.argv[1]); "
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); print(m.loaded_allocator())")
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO / "benchmarks" / "cpu_inference.py")],
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "jemalloc", proc.stderr
+    if "LD_PRELOAD" not in os.environ:
+        assert bench.loaded_allocator() == "glibc"  # this process: the default allocator
