@@ -5,13 +5,12 @@ Run from the repository root (minutes of CPU; run it alone on the machine)::
     python benchmarks/cpu_inference.py --work_dir /tmp/cpu_bench --output /tmp/cpu_bench/results.json
 
 The network is the peer ``brats_mri_segmentation``'s (SegResNet, init_filters 16, blocks_down 1-2-2-4, blocks_up
-1-1-1, 4.70 M parameters) with one set of weights for every configuration (seeded; or trained briefly at 1 mm with
-``--train_steps`` on 64^3 crops, :func:`train`, then with ``--finetune_steps`` on the peer's 224 x 224 x 144 crops,
-:func:`finetune`); the input is one phantom case of the BraTS size (4 x 240 x 240 x 155 at 1 mm,
-``bundles/brain/scripts/benchmark.py``), z-scored on its non-zero voxels per channel as both pipelines do. Each
-configuration runs in its own process (peak RSS is per process; the glibc tunables act at process start): ``--warmup``
-untimed runs, then ``--repeats`` timed runs of the inferer alone (the part the levers change; loading, resampling and
-writing are the same for every configuration), median reported.
+1-1-1, 4.70 M parameters) with one set of weights for every configuration (seeded, or trained briefly at 1 mm with
+``--train_steps`` on 64^3 crops, :func:`train`); the input is one phantom case of the BraTS size (4 x 240 x 240 x 155
+at 1 mm, ``bundles/brain/scripts/benchmark.py``), z-scored on its non-zero voxels per channel as both pipelines do.
+Each configuration runs in its own process (peak RSS is per process; the glibc tunables act at process start):
+``--warmup`` untimed runs, then ``--repeats`` timed runs of the inferer alone (the part the levers change; loading,
+resampling and writing are the same for every configuration), median reported.
 
 Configurations:
 
@@ -172,71 +171,6 @@ def train(work: Path, steps: int, patch: int = 64, cases: int = 3, lr: float = 2
             "loss_first_25": float(np.mean(losses[:25])), "loss_last_25": float(np.mean(losses[-25:]))}
 
 
-def finetune(work: Path, steps: int, crop: tuple[int, int, int] = (224, 224, 144), cases: int = 3,
-             lr: float = 5e-4, save_every: int = 8) -> dict:
-    """Continue training ``weights.pt`` with the peer's training crops, so the equality check runs on weights whose
-    GroupNorm statistics match a whole-brain window.
-
-    :func:`train`'s 64^3 crops are cheap but leave the network unusable under one 240 x 240 x 160 window (its
-    GroupNorm statistics see mostly tumour and brain, the window mostly brain and air). The peer trains on random
-    224 x 224 x 144 crops of the 240 x 240 x 155 volumes (``brats_mri_segmentation``'s ``RandSpatialCropd`` and
-    ``RandFlipd`` on each axis), which this does on :func:`train`'s phantom cases fitted to the BraTS size
-    (``ResizeWithPadOrCrop``), Dice + BCE, Adam, channels-last-3d (the same computation, faster here). The previous
-    weights are kept as ``weights_pretrain.pt``; ``weights.pt`` is rewritten every ``save_every`` steps (atomic
-    replace), so a run stopped early leaves the last saved state. Returns the loss curve and the time taken.
-    """
-    import torch
-    from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses, ResizeWithPadOrCrop
-
-    from common.losses import DiceCELoss
-
-    sys.path.insert(0, str(REPO / "bundles" / "brain"))
-    from scripts.phantom import SEQUENCES, make_case  # noqa: E402
-
-    start = time.perf_counter()
-    rng = np.random.default_rng(1)
-    fit = ResizeWithPadOrCrop((240, 240, 155))
-    to_regions = ConvertToMultiChannelBasedOnBratsClasses()
-    data = []
-    for index in range(cases):
-        images, label, _ = make_case(11, index, spacing=1.0)
-        image = zscore(np.asarray(fit(np.stack([images[s] for s in SEQUENCES]))))
-        data.append((image, np.asarray(to_regions(np.asarray(fit(label[None]))[0]), np.float32)))
-    pretrained = work / "weights_pretrain.pt"
-    if not pretrained.is_file():
-        os.replace(work / "weights.pt", pretrained)
-    net = network(pretrained).train().to(memory_format=torch.channels_last_3d)
-    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
-    loss_fn = DiceCELoss(sigmoid=True)
-    losses = []
-
-    def save() -> None:
-        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-        torch.save(state, work / "weights.part")
-        os.replace(work / "weights.part", work / "weights.pt")
-        (work / "finetune.json").write_text(json.dumps(
-            {"steps_done": len(losses), "crop": list(crop), "cases": cases, "lr": lr, "losses": losses,
-             "seconds": time.perf_counter() - start}, indent=2) + "\n")
-
-    for step in range(steps):
-        image, regions = data[step % cases]
-        low = [int(rng.integers(0, n - c + 1)) for n, c in zip(image.shape[1:], crop)]
-        box = (slice(None), *(slice(a, a + c) for a, c in zip(low, crop)))
-        flips = [axis + 1 for axis in range(3) if rng.random() < 0.5]
-        x, y = np.flip(image[box], flips).copy(), np.flip(regions[box], flips).copy()
-        x = torch.from_numpy(x)[None].contiguous(memory_format=torch.channels_last_3d)
-        loss = loss_fn(net(x), torch.from_numpy(y)[None])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
-        print(f"finetune step {step}: loss {losses[-1]:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
-        if (step + 1) % save_every == 0 or step == steps - 1:
-            save()
-    return {"steps": steps, "crop": list(crop), "cases": cases, "lr": lr, "seconds": time.perf_counter() - start,
-            "loss_first_8": float(np.mean(losses[:8])), "loss_last_8": float(np.mean(losses[-8:]))}
-
-
 def mallopt_no_trim() -> bool:
     """glibc ``mallopt``: no mmap for large blocks and no trimming, so freed memory is reused without page faults."""
     import ctypes
@@ -385,8 +319,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train_steps", type=int, default=0,
                         help="train the network this many steps first (0: seeded, untrained weights), see train()")
     parser.add_argument("--train_patch", type=int, default=64)
-    parser.add_argument("--finetune_steps", type=int, default=0,
-                        help="then continue this many steps on the peer's 224 x 224 x 144 crops, see finetune()")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     work = Path(args.work_dir)
@@ -403,11 +335,6 @@ def main(argv: list[str] | None = None) -> dict:
         (work / "training.json").write_text(json.dumps(results["training"], indent=2) + "\n")
     elif (work / "training.json").is_file():
         results["training"] = json.loads((work / "training.json").read_text())
-    if args.finetune_steps and not (work / "finetune_done.json").is_file():
-        results["finetune"] = finetune(work, args.finetune_steps)
-        (work / "finetune_done.json").write_text(json.dumps(results["finetune"], indent=2) + "\n")
-    elif (work / "finetune_done.json").is_file():
-        results["finetune"] = json.loads((work / "finetune_done.json").read_text())
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
         env = {**os.environ, "PYTHONPATH": str(REPO), **CONFIGS[name].get("env", {})}
         if "preload" in CONFIGS[name]:
