@@ -21,7 +21,9 @@ Configurations:
   (128^3, overlap 0.25, batch 2), and cropping to the foreground (the brain bundle's ``CropForegroundd``) with the
   crop padded to a multiple of 16 and run as one window;
 - the allocator libraries of the distribution (jemalloc, tcmalloc-minimal through ``LD_PRELOAD``, :func:`preload`),
-  alone, with ``inference_mode`` + channels-last-3d, and with the crop + channels-last-3d;
+  alone, with their settings (jemalloc as PyTorch's tuning guide sets it, tcmalloc's aggressive decommit), with
+  ``inference_mode`` + channels-last-3d, with ``inference_mode`` + ``torch.compile`` (tcmalloc), and with the crop +
+  channels-last-3d;
 - ``torch.compile`` alone and beside the allocator, and the crop with channels-last-3d or ``torch.compile``;
 - ``peer_profile`` / ``crop_profile``: one more run under ``torch.profiler`` for the share of time per operator family;
 - ``ours``: the kept levers together.
@@ -51,6 +53,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+#: jemalloc as PyTorch's CPU performance tuning guide sets it: freed pages kept (no decay), large blocks in arenas
+JEMALLOC_TUNED = "oversize_threshold:1,background_thread:true,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1"
 
 #: name -> settings; every unnamed setting is the peer's
 CONFIGS: dict[str, dict] = {
@@ -72,6 +76,9 @@ CONFIGS: dict[str, dict] = {
     "peer_profile": {"profile": True},
     "jemalloc": {"preload": "jemalloc"},
     "tcmalloc": {"preload": "tcmalloc_minimal"},
+    "jemalloc_tuned": {"preload": "jemalloc", "env": {"MALLOC_CONF": JEMALLOC_TUNED}},
+    "tcmalloc_aggressive_decommit": {"preload": "tcmalloc_minimal", "env": {"TCMALLOC_AGGRESSIVE_DECOMMIT": "true"}},
+    "tcmalloc_compile": {"preload": "tcmalloc_minimal", "inference_mode": True, "compile": True},
     "jemalloc_exact_levers": {"preload": "jemalloc", "inference_mode": True, "channels_last": True},
     "tcmalloc_exact_levers": {"preload": "tcmalloc_minimal", "inference_mode": True, "channels_last": True},
     "crop_channels_last_3d_jemalloc": {"crop": True, "channels_last": True, "preload": "jemalloc"},
@@ -214,13 +221,12 @@ def worker(settings: dict, work: Path, name: str, repeats: int, warmup: int = 1)
     if settings.get("channels_last"):
         x = x.contiguous(memory_format=torch.channels_last_3d)
     grad_off = torch.inference_mode if settings.get("inference_mode") else torch.no_grad
-    times = []
+    times, warmup_times = [], []
     for i in range(repeats + warmup):
         start = time.perf_counter()
         with grad_off():
             out = inferer(x, net)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+        (times if i >= warmup else warmup_times).append(time.perf_counter() - start)
     profile = time_split(inferer, x, net, grad_off) if settings.get("profile") else None
     logits = np.full((3, *volume.shape[2:]), np.nan, np.float32)  # outside a crop: not predicted
     out = np.asarray(torch.as_tensor(out)[0].float())
@@ -231,6 +237,7 @@ def worker(settings: dict, work: Path, name: str, repeats: int, warmup: int = 1)
     np.save(work / f"logits_{name}.npy", logits)
     np.save(work / f"masks_{name}.npy", np.packbits(logits > 0))  # sigmoid > 0.5; outside a crop: background
     return {"name": name, "settings": settings, "median_s": float(np.median(times)), "runs_s": times,
+            "warmup_s": warmup_times,  # torch.compile compiles here
             "input_shape": list(x.shape), "voxels": int(np.prod(x.shape[2:])), "torch_threads": torch.get_num_threads(),
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "allocator": loaded_allocator(),
             **({"time_split": profile} if profile else {})}
