@@ -744,6 +744,26 @@ def test_inference_network_is_channels_last_3d_with_the_contiguous_outputs(tmp_p
     assert torch.allclose(ours, reference, rtol=0.0, atol=1e-4), float((ours - reference).abs().max())
 
 
+def test_benchmark_reads_engine_times_from_the_log(tmp_path):
+    """The speed part times the case by the inference workflow's own log line (the per-case log line has no time
+    since inference.json became an evaluator); 00:01:02.500 is 62.5 s, the last line wins, another engine's line
+    is not taken."""
+    from bundle_harness import import_bundle_module
+
+    bench = import_bundle_module(AREA, "benchmark")
+    log = tmp_path / "infer.log"
+    log.write_text(
+        "2026-12-01 06:31:28,737 - ignite.engine.engine.InferenceEvaluator - INFO - Epoch[1] Complete. Time taken: "
+        "00:00:04.227\n"
+        "2026-12-01 06:31:28,737 - ignite.engine.engine.InferenceEvaluator - INFO - Engine run finished. Time taken: "
+        "00:00:09.000\n"
+        "2026-12-01 06:31:29,000 - ignite.engine.engine.InferenceEvaluator - INFO - Engine run finished. Time taken: "
+        "00:01:02.500\n")
+    assert bench.engine_seconds(log, "InferenceEvaluator") == pytest.approx(62.5)
+    assert bench.engine_seconds(log, "SupervisedTrainer") is None
+    assert bench.trainer_seconds(log) is None
+
+
 def test_benchmark_seed_grid_summarises_every_run(tmp_path):
     """The seed grid reuses finished runs (no command here) and summarises them: hand-computed mean, sample SD,
     minimum; the WT HD95 median is over the cases of each run."""

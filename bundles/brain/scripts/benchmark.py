@@ -14,8 +14,10 @@ Parts, each through the bundle's real commands (subprocesses):
   removed). Prints a table, one row per (training seed, held-out seed), and its mean, spread and minimum.
 * ``baseline``: tune a classical method (per-sequence z-score thresholds) on the training cases and score it on the
   first held-out set.
-* ``speed``: time whole-volume inference on one case of the real BraTS size (4 × 240 × 240 × 155, 1 mm) and record
-  each command's peak RSS (MiB), beside the Model Zoo peer's inferer in the same sweep.
+* ``speed``: time whole-volume inference on one case of the real BraTS size (4 × 240 × 240 × 155, 1 mm): the
+  inference workflow's own time for the case (ignite's ``InferenceEvaluator``: loading, resampling, network,
+  post-processing, writing; imports excluded) and each command's peak RSS (MiB), beside the Model Zoo peer's inferer
+  (network only) in the same sweep.
 
 Results go to ``<work_dir>/benchmark_results.json`` (``common.benchmark``); runs of several labels accumulate there
 under ``seed_grid``, so levers measured one at a time on the same seeds and data sit side by side. Finished runs are
@@ -158,14 +160,20 @@ def peer_inference_seconds(repeats: int = 3) -> dict:
             "peak_rss_mib_this_process": peak_rss_mib()}
 
 
-def trainer_seconds(log: Path) -> float | None:
-    """The SupervisedTrainer's own run time (training + validation), from its log line."""
-    found = re.findall(r"SupervisedTrainer - INFO - Engine run finished\. Time taken: (\d+):(\d+):([\d.]+)",
-                       log.read_text())
+def engine_seconds(log: Path, engine: str = "SupervisedTrainer") -> float | None:
+    """An ignite engine's own run time (s) from its last ``Engine run finished`` log line: the ``SupervisedTrainer``'s
+    (training + validation), or the inference workflow's ``InferenceEvaluator`` (loading, network, post-processing
+    and writing of every case); None when the log has no such line."""
+    found = re.findall(rf"{engine} - INFO - Engine run finished\. Time taken: (\d+):(\d+):([\d.]+)", log.read_text())
     if not found:
         return None
     h, m, s = found[-1]
     return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def trainer_seconds(log: Path) -> float | None:
+    """The SupervisedTrainer's own run time (training + validation), from its log line."""
+    return engine_seconds(log, "SupervisedTrainer")
 
 
 def _seeds(text: str) -> list[int]:
@@ -322,8 +330,9 @@ def main(argv: list[str] | None = None) -> dict:
             log = logs / f"infer_{name}.log"
             measured = bundle(["run", "--config_file", configs("inference"), "--input_dir", big, "--output_dir",
                                work / f"pred_{name}", "--ckpt_path", ckpt, *extra], log)
-            seconds = re.findall(r"BraTS2021_99999: .* \(([\d.]+) s\)", log.read_text())
-            measured["case_s"] = float(seconds[-1]) if seconds else None
+            measured["case_s"] = engine_seconds(log, "InferenceEvaluator")  # one case: the whole case
+            if measured["case_s"] is None:
+                raise RuntimeError(f"{log}: no 'InferenceEvaluator ... Engine run finished' line to time the case by")
             result[f"inference_240x240x155_{name}"] = measured
         result["peer_brats_mri_segmentation_inference_240x240x155"] = peer_inference_seconds()
         ours = result["inference_240x240x155_default_pixdim"].get("case_s")
