@@ -345,10 +345,11 @@ def main(argv: list[str] | None = None) -> dict:
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
         env = {**os.environ, "PYTHONPATH": str(REPO), **CONFIGS[name].get("env", {})}
         if "preload" in CONFIGS[name]:
-            if not preload(CONFIGS[name]["preload"]):
+            library = preload(CONFIGS[name]["preload"])
+            if not library:
                 results["configs"][name] = {"error": f"lib{CONFIGS[name]['preload']} is not installed"}
                 continue
-            env.update(preload(CONFIGS[name]["preload"]))
+            env.update(library)
         proc = subprocess.run([sys.executable, __file__, "--work_dir", str(work), "--repeats", str(args.repeats),
                                "--warmup", str(args.warmup), "--worker", name],
                               capture_output=True, text=True, env=env, cwd=REPO)

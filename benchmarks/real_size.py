@@ -108,8 +108,9 @@ def run_child(command: list[str], log: Path, memory_limit_gib: float | None, env
 
 def engine_seconds(text: str, engine: str) -> list[float]:
     """Ignite's epoch times of ``engine`` (``SupervisedTrainer``/``SupervisedEvaluator``) from a bundle log."""
-    found = re.findall(engine + r" - INFO - Epoch\[\d+\] Complete\. Time taken: (\d+):(\d+):([\d.]+)", text)
-    return [int(h) * 3600 + int(m) * 60 + float(s) for h, m, s in found]
+    from common.benchmark import ignite_seconds
+
+    return ignite_seconds(text, engine, "epoch")
 
 
 def _stamp(line: str) -> float:

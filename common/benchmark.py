@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -44,6 +45,22 @@ def peak_rss_mib(children: bool = False) -> float:
 
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     return kib_to_mib(resource.getrusage(who).ru_maxrss)
+
+
+#: ignite's own time lines (``ignite.engine.engine.<Engine> - INFO - ...``): per epoch, or per whole run
+IGNITE_EVENTS = {"epoch": r"Epoch\[\d+\] Complete", "run": r"Engine run finished"}
+
+
+def ignite_seconds(text: str, engine: str, event: str = "epoch") -> list[float]:
+    """Ignite's own times of ``engine`` (``SupervisedTrainer``, ``SupervisedEvaluator``, ``InferenceEvaluator``...)
+    from a bundle log, in seconds and log order: each epoch's (``event="epoch"``, ``Epoch[n] Complete. Time taken:
+    h:mm:ss.fff``) or each run's (``event="run"``, ``Engine run finished. Time taken: ...``).
+
+    Raises:
+        KeyError: ``event`` is not one of :data:`IGNITE_EVENTS`.
+    """
+    found = re.findall(rf"{engine} - INFO - {IGNITE_EVENTS[event]}\. Time taken: (\d+):(\d+):([\d.]+)", text)
+    return [int(h) * 3600 + int(m) * 60 + float(sec) for h, m, sec in found]
 
 
 def config_list(bundle_dir: str | os.PathLike, *names: str) -> str:

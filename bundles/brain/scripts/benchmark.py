@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import shlex
 import sys
 import time
@@ -43,7 +42,7 @@ REPO = BUNDLE.parent.parent
 sys.path.insert(0, str(BUNDLE))
 sys.path.insert(0, str(REPO))
 
-from common.benchmark import config_list, peak_rss_mib, results_path, run_bundle, write_results  # noqa: E402
+from common.benchmark import config_list, ignite_seconds, peak_rss_mib, results_path, run_bundle, write_results  # noqa: E402
 from scripts.metrics import labels_to_regions, region_metrics  # noqa: E402
 from scripts.phantom import SEQUENCES, make_case  # noqa: E402
 
@@ -164,11 +163,8 @@ def engine_seconds(log: Path, engine: str = "SupervisedTrainer") -> float | None
     """An ignite engine's own run time (s) from its last ``Engine run finished`` log line: the ``SupervisedTrainer``'s
     (training + validation), or the inference workflow's ``InferenceEvaluator`` (loading, network, post-processing
     and writing of every case); None when the log has no such line."""
-    found = re.findall(rf"{engine} - INFO - Engine run finished\. Time taken: (\d+):(\d+):([\d.]+)", log.read_text())
-    if not found:
-        return None
-    h, m, s = found[-1]
-    return int(h) * 3600 + int(m) * 60 + float(s)
+    runs = ignite_seconds(log.read_text(), engine, "run")
+    return runs[-1] if runs else None
 
 
 def trainer_seconds(log: Path) -> float | None:
